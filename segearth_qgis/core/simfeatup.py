@@ -1,0 +1,107 @@
+"""SimFeatUp's JBUOne upsampler (one shared 11x11 joint bilateral stage applied four times), loadable from its checkpoint.
+
+The module layout mirrors the official one so that the Lightning checkpoint loads strictly; the adaptive convolution
+is computed as 121 shifted multiply-accumulates instead of an unfold, which would need gigabytes per window.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoints import load_state_dict
+
+
+def adaptive_conv(padded, kernel):
+    """``out[b,c,i,j] = sum_{a,b'} padded[b,c,i+a,j+b'] * kernel[b, a*d+b', i, j]`` for kernel (B, d*d, H, W)."""
+    taps, height, width = kernel.shape[1:]
+    diameter = int(round(taps ** 0.5))
+    out = torch.zeros(padded.shape[0], padded.shape[1], height, width, dtype=padded.dtype, device=padded.device)
+    for a in range(diameter):
+        for b in range(diameter):
+            tap = kernel[:, a * diameter + b].unsqueeze(1)
+            out.addcmul_(padded[:, :, a:a + height, b:b + width], tap)
+    return out
+
+
+def neighbourhood_dot(padded, center):
+    """For each of the d*d neighbours, the channel dot product with the centre: (B, d*d, H, W)."""
+    height, width = center.shape[2:]
+    diameter = padded.shape[2] - height + 1
+    return torch.stack([(padded[:, :, a:a + height, b:b + width] * center).sum(1)
+                        for a in range(diameter) for b in range(diameter)], dim=1)
+
+
+class JBULearnedRange(nn.Module):
+    """One x2 joint bilateral upsampling stage with a learned range kernel and a learned kernel correction."""
+
+    def __init__(self, guidance_dim, feat_dim, key_dim, scale=2, radius=5):
+        super().__init__()
+        self.scale = scale
+        self.radius = radius
+        self.diameter = 2 * radius + 1
+        self.feat_dim = feat_dim
+        taps = self.diameter ** 2
+        self.range_temp = nn.Parameter(torch.tensor(0.0))
+        self.range_proj = nn.Sequential(nn.Conv2d(guidance_dim, key_dim, 1), nn.GELU(), nn.Dropout2d(0.1),
+                                        nn.Conv2d(key_dim, key_dim, 1))
+        self.fixup_proj = nn.Sequential(nn.Conv2d(guidance_dim + taps, taps, 1), nn.GELU(), nn.Dropout2d(0.1),
+                                        nn.Conv2d(taps, taps, 1))
+        self.sigma_spatial = nn.Parameter(torch.tensor(1.0))
+
+    def range_kernel(self, guidance):
+        keys = self.range_proj(guidance)
+        padded = F.pad(keys, [self.radius] * 4, mode="reflect")
+        temperature = self.range_temp.exp().clamp_min(1e-4).clamp_max(1e4)
+        return F.softmax(temperature * neighbourhood_dot(padded, keys), dim=1)
+
+    def spatial_kernel(self, device):
+        offsets = torch.linspace(-1, 1, self.diameter, device=device)
+        dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+        squared = (dy.square() + dx.square()).reshape(1, -1, 1, 1)
+        return torch.exp(-squared / (2 * self.sigma_spatial ** 2))
+
+    def kernel(self, guidance):
+        """The per-pixel d*d filter (B, d*d, H, W) for a guidance image (B, 3, H, W)."""
+        combined = self.range_kernel(guidance) * self.spatial_kernel(guidance.device)
+        combined = combined / combined.sum(1, keepdim=True).clamp(1e-7)
+        return combined + 0.1 * self.fixup_proj(torch.cat([combined, guidance], dim=1))
+
+    def forward(self, source, guidance):
+        height, width = guidance.shape[2:]
+        upsampled = F.interpolate(source, (height, width), mode="bicubic", align_corners=False)
+        padded = F.pad(upsampled, [self.radius] * 4, mode="reflect")
+        return adaptive_conv(padded, self.kernel(guidance))
+
+
+class JBUOne(nn.Module):
+    """Four applications of one shared stage (x16), then a residual 1x1 projection."""
+
+    def __init__(self, feat_dim):
+        super().__init__()
+        self.up = JBULearnedRange(3, feat_dim, 32, radius=5)
+        self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(feat_dim, feat_dim, kernel_size=1))
+
+    def stage_guidance(self, image, height, width):
+        return F.adaptive_avg_pool2d(image, (2 * height, 2 * width))
+
+    def forward(self, source, image):
+        for _ in range(4):
+            height, width = source.shape[2:]
+            if 2 * height <= self.up.radius or 2 * width <= self.up.radius:
+                raise ValueError(f"the window is too small for SimFeatUp: its feature grid {height}x{width} cannot "
+                                 f"be reflect-padded by {self.up.radius}; use a larger image or window")
+            source = self.up(source, self.stage_guidance(image, height, width))
+        return source + 0.1 * self.fixup_proj(source)
+
+
+def load_simfeatup(path, map_location="cpu"):
+    """Load a JBUOne from the official Lightning checkpoint ``{'state_dict': {'upsampler.<key>': tensor}}``, strictly."""
+    state = load_state_dict(path, map_location)
+    prefix = "upsampler."
+    weights = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{path} holds no 'upsampler.*' weights: is it a SimFeatUp checkpoint "
+                         "(e.g. xclip_jbu_one_million_aid.ckpt)?")
+    model = JBUOne(weights["fixup_proj.1.weight"].shape[0])
+    model.load_state_dict(weights, strict=True)
+    return model.eval()

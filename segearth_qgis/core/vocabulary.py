@@ -1,0 +1,52 @@
+"""The classes a user types: one class per line, commas between synonyms, each synonym its own text query."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Classes in order; each class is a tuple of one or more synonyms (the queries)."""
+
+    classes: tuple
+
+    @classmethod
+    def parse(cls, text):
+        """Parse ``"background\\nbuilding,roof\\nwater"``: blank lines and blank synonyms are ignored."""
+        if not isinstance(text, str):
+            raise TypeError("the vocabulary is text: one class per line, commas between synonyms")
+        classes = []
+        for line in text.splitlines():
+            synonyms = tuple(name.strip() for name in line.split(",") if name.strip())
+            if synonyms:
+                classes.append(synonyms)
+        if not classes:
+            raise ValueError("the vocabulary is empty: type one class per line, e.g. 'building,roof' then 'road'")
+        return cls(tuple(classes))
+
+    @classmethod
+    def from_classes(cls, classes):
+        """Build from a list whose items are a name or a list of synonyms."""
+        return cls.parse("\n".join(c if isinstance(c, str) else ",".join(c) for c in classes))
+
+    @property
+    def class_names(self):
+        """The first synonym of each class, the name shown in legends."""
+        return [synonyms[0] for synonyms in self.classes]
+
+    @property
+    def queries(self):
+        """Every synonym in order: the text queries the model embeds."""
+        return [name for synonyms in self.classes for name in synonyms]
+
+    @property
+    def query_class(self):
+        """For each query, the index of its class."""
+        return np.array([i for i, synonyms in enumerate(self.classes) for _ in synonyms], dtype=np.int64)
+
+    def __len__(self):
+        return len(self.classes)
+
+    def to_text(self):
+        return "\n".join(",".join(synonyms) for synonyms in self.classes)
