@@ -82,11 +82,12 @@ def install_apt_packages():
     say(f"apt: installing {' '.join(missing)} (and their dependencies)")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(prefix + ["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(prefix + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env=env)
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    subprocess.run(prefix + install, check=True, env=env)
 
 
 def build_venv(venv):
-    """Create the venv and install the pinned requirements; the stamp is written last, so a half-built venv is redone."""
+    """Create the venv and install the pinned requirements; the stamp comes last, so a half-built venv is redone."""
     stamp = venv / ".segearth-stamp"
     want = requirements_hash()
     if stamp.exists() and stamp.read_text().strip() == want and (venv / "bin" / "python").exists():

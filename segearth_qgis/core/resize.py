@@ -17,28 +17,26 @@ def rescale_size(height, width, longer_side):
     return int(height * float(factor) + 0.5), int(width * float(factor) + 0.5)
 
 
-def _linear_taps(dst_len, src_len):
-    """OpenCV's per-destination source index and fixed-point weights for one axis of INTER_LINEAR."""
+def _linear_taps(dst_len, src_len, clamp_weights):
+    """OpenCV's per-destination source indices and 11-bit weights for one axis of INTER_LINEAR.
+
+    Horizontally OpenCV moves a tap that falls outside the image onto the border with weights (1, 0); vertically it
+    keeps the weights and only clamps the row indices, which rounds differently on the first and last rows.
+    """
     scale = 1.0 / (dst_len / src_len)
     pos = ((np.arange(dst_len, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     index = np.floor(pos).astype(np.int64)
     frac = (pos - index.astype(np.float32)).astype(np.float32)
-    below = index < 0
-    frac[below] = 0
-    index[below] = 0
-    above = index >= src_len - 1
-    frac[above] = 0
-    index[above] = src_len - 1
+    if clamp_weights:
+        below = index < 0
+        frac[below] = 0
+        index[below] = 0
+        above = index >= src_len - 1
+        frac[above] = 0
+        index[above] = src_len - 1
     w0 = np.rint((np.float32(1) - frac) * np.float32(_COEF_SCALE)).astype(np.int32)
     w1 = np.rint(frac * np.float32(_COEF_SCALE)).astype(np.int32)
-    return index, np.minimum(index + 1, src_len - 1), w0, w1
-
-
-def _area_half(image):
-    """OpenCV's fast INTER_AREA path for an exact 2x reduction, which cv2 takes for INTER_LINEAR too."""
-    img = image.astype(np.int32)
-    total = img[0::2, 0::2] + img[0::2, 1::2] + img[1::2, 0::2] + img[1::2, 1::2]
-    return ((total + 2) >> 2).astype(np.uint8)
+    return np.clip(index, 0, src_len - 1), np.clip(index + 1, 0, src_len - 1), w0, w1
 
 
 def resize_uint8_like_cv2(image, height, width):
@@ -48,11 +46,8 @@ def resize_uint8_like_cv2(image, height, width):
     src_h, src_w = image.shape[:2]
     if (src_h, src_w) == (height, width):
         return image.copy()
-    scale_x, scale_y = 1.0 / (width / src_w), 1.0 / (height / src_h)
-    if scale_x == 2.0 and scale_y == 2.0:
-        return _area_half(image)
-    x0, x1, a0, a1 = _linear_taps(width, src_w)
-    y0, y1, b0, b1 = _linear_taps(height, src_h)
+    x0, x1, a0, a1 = _linear_taps(width, src_w, clamp_weights=True)
+    y0, y1, b0, b1 = _linear_taps(height, src_h, clamp_weights=False)
     img = image.astype(np.int32)
     extra = (1,) * (img.ndim - 2)
     rows = img[:, x0] * a0.reshape(1, -1, *extra) + img[:, x1] * a1.reshape(1, -1, *extra)

@@ -38,7 +38,7 @@ def window_boxes(height, width, window, stride):
 
 
 def patch_padding(height, width, patch):
-    """Zero padding (left, right, top, bottom) that makes both sides multiples of the patch size, split as the reference."""
+    """Zero padding (left, right, top, bottom) to multiples of the patch size, split as the reference splits it."""
     pad_w = -width % patch
     pad_h = -height % patch
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
@@ -68,7 +68,7 @@ def sliding_window_logits(model, image, text_features, gba_lambda, window, strid
             crops = np.pad(crops, ((0, 0), (0, 0), (top, bottom), (left, right)))
         logits = model.window_logits(crops, text_features, gba_lambda)
         logits = resize_bilinear(logits, crops.shape[2], crops.shape[3])[:, :, top:top + crop_h, left:left + crop_w]
-        for (y1, y2, x1, x2), window_logits in zip(batch_boxes, logits):
+        for (y1, y2, x1, x2), window_logits in zip(batch_boxes, logits, strict=True):
             canvas[:, y1:y2, x1:x2] += window_logits
             count[y1:y2, x1:x2] += 1
         if progress is not None:

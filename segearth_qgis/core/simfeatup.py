@@ -1,4 +1,4 @@
-"""SimFeatUp's JBUOne upsampler (one shared 11x11 joint bilateral stage applied four times), loadable from its checkpoint.
+"""SimFeatUp's JBUOne upsampler (one shared 11x11 joint bilateral stage applied 4 times), loadable from its checkpoint.
 
 The module layout mirrors the official one so that the Lightning checkpoint loads strictly; the adaptive convolution
 is computed as 121 shifted multiply-accumulates instead of an unfold, which would need gigabytes per window.
@@ -95,7 +95,7 @@ class JBUOne(nn.Module):
 
 
 def load_simfeatup(path, map_location="cpu"):
-    """Load a JBUOne from the official Lightning checkpoint ``{'state_dict': {'upsampler.<key>': tensor}}``, strictly."""
+    """A JBUOne from the official Lightning checkpoint ``{'state_dict': {'upsampler.<key>': tensor}}``, strictly."""
     state = load_state_dict(path, map_location)
     prefix = "upsampler."
     weights = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}

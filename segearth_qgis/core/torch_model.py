@@ -25,7 +25,7 @@ REFERENCE_STD = (68.501, 66.632, 70.323)
 
 
 def model_config(arch):
-    """An open_clip model config: a model name such as ``ViT-B-16``, or a path to a config JSON in open_clip's format."""
+    """An open_clip model config: a model name such as ``ViT-B-16``, or the path of a config JSON in that format."""
     path = Path(arch)
     if path.suffix == ".json" or path.is_file():
         if not path.is_file():
@@ -100,7 +100,7 @@ class SegEarthModel(nn.Module):
         return self.clip.visual.conv1.weight.device
 
     def positional_embedding(self, grid_h, grid_w):
-        """The reference's positional embedding: interpolated bicubically (with its +0.1 rule) when the count differs."""
+        """The reference's positional embedding: bicubically interpolated (its +0.1 rule) when the count differs."""
         pos = self.clip.visual.positional_embedding
         if grid_h * grid_w + 1 == pos.shape[0]:
             return pos

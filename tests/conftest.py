@@ -1,0 +1,40 @@
+"""Shared fixtures: seeded tiny models built on the fly, the reference cases in ../shared, and the skip policy."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SEGEARTH_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    from segearth_qgis.core.random_model import write_random_checkpoints
+
+    return write_random_checkpoints(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoints):
+    from segearth_qgis.core import load_model_from_checkpoints
+
+    return load_model_from_checkpoints(**tiny_checkpoints, attention="SegEarth", last_n=1)
+
+
+@pytest.fixture(scope="session")
+def reference_root():
+    root = SHARED / "reference"
+    if not root.is_dir():
+        pytest.skip(f"no reference cases: {root} is absent (it comes with ../shared beside the checkout)")
+    return root
+
+
+def pytest_runtest_logreport(report):
+    """A skip must say why; an unexplained skip fails the run."""
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if not reason.replace("Skipped:", "").strip() or "unconditional skip" in reason:
+            report.outcome = "failed"
+            report.longrepr = f"skipped without a reason: {report.nodeid}; every skip must print why"
