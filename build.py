@@ -144,6 +144,17 @@ def project_env(venv):
     return env
 
 
+def stage_plugin(destination):
+    """The installable plugin folder: ``segearth_qgis/`` with ``metadata.txt`` and ``resources/`` placed inside it."""
+    target = Path(destination) / "segearth_qgis"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(ROOT / "segearth_qgis", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy2(ROOT / "metadata.txt", target / "metadata.txt")
+    shutil.copytree(ROOT / "resources", target / "resources")
+    return target
+
+
 def run_in_env(venv, command, extra_env=None):
     env = project_env(venv)
     env.update(extra_env or {})
@@ -176,6 +187,8 @@ def main(argv=None):
     sub.add_parser("lint", help="ruff over the whole tree")
     demo_parser = sub.add_parser("demo", help="segment a generated image with a seeded random model")
     demo_parser.add_argument("--out", default=str(ROOT / "out" / "demo"), help="output folder")
+    stage_parser = sub.add_parser("stage", help="stage the installable plugin folder")
+    stage_parser.add_argument("--out", default=str(ROOT / "out" / "plugin"), help="folder to hold segearth_qgis/")
     run_parser = sub.add_parser("run", help="run any command inside the project's environment")
     run_parser.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args(argv)
@@ -197,6 +210,9 @@ def main(argv=None):
         return test(venv, strip_separator(args.pytest_args))
     if args.command == "demo":
         return run_in_env(venv, [str(venv / "bin" / "python"), "-m", "segearth_qgis.cli", "demo", "--out", args.out])
+    if args.command == "stage":
+        say(f"staged {stage_plugin(args.out)}")
+        return 0
     if args.command == "run":
         cmd = strip_separator(args.cmd)
         if not cmd:

@@ -1,0 +1,7 @@
+"""SegEarth-OV for QGIS: open-vocabulary land-cover mapping; QGIS loads it through ``classFactory``, which stays light."""
+
+
+def classFactory(iface):
+    from .plugin import SegEarthPlugin
+
+    return SegEarthPlugin(iface)

@@ -1,0 +1,1 @@
+"""QGIS Processing glue: the provider and its algorithms map parameters, stream blocks and relay feedback."""
