@@ -1,4 +1,4 @@
-"""SegEarth-OV for QGIS: open-vocabulary land-cover mapping; QGIS loads it through ``classFactory``, which stays light."""
+"""SegEarth-OV for QGIS, open-vocabulary land-cover mapping; QGIS loads it through ``classFactory``, kept light."""
 
 
 def classFactory(iface):
