@@ -31,10 +31,14 @@ def reference_root():
     return root
 
 
-def pytest_runtest_logreport(report):
-    """A skip must say why; an unexplained skip fails the run."""
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A skip must say why: an unexplained skip becomes a failure before any reporter sees it."""
+    report = (yield).get_result()
     if report.skipped and not hasattr(report, "wasxfail"):
-        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
-        if not reason.replace("Skipped:", "").strip() or "unconditional skip" in reason:
+        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr).strip()
+        if reason.startswith("Skipped"):
+            reason = reason[len("Skipped"):].lstrip(":").strip()
+        if reason in ("", "unconditional skip"):
             report.outcome = "failed"
-            report.longrepr = f"skipped without a reason: {report.nodeid}; every skip must print why"
+            report.longrepr = f"{item.nodeid} was skipped without a reason; every skip must print why"
