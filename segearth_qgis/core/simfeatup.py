@@ -81,17 +81,39 @@ class JBUOne(nn.Module):
         self.up = JBULearnedRange(3, feat_dim, 32, radius=5)
         self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(feat_dim, feat_dim, kernel_size=1))
 
-    def stage_guidance(self, image, height, width):
-        return F.adaptive_avg_pool2d(image, (2 * height, 2 * width))
+    def check_grid(self, height, width):
+        if 2 * height <= self.up.radius or 2 * width <= self.up.radius:
+            raise ValueError(f"the window is too small for SimFeatUp: its feature grid {height}x{width} cannot "
+                             f"be reflect-padded by {self.up.radius}; use a larger image or window")
 
     def forward(self, source, image):
+        """The official order: four stages at full channel count, then the 1x1 projection at full resolution."""
         for _ in range(4):
             height, width = source.shape[2:]
-            if 2 * height <= self.up.radius or 2 * width <= self.up.radius:
-                raise ValueError(f"the window is too small for SimFeatUp: its feature grid {height}x{width} cannot "
-                                 f"be reflect-padded by {self.up.radius}; use a larger image or window")
-            source = self.up(source, self.stage_guidance(image, height, width))
+            self.check_grid(height, width)
+            source = self.up(source, F.adaptive_avg_pool2d(image, (2 * height, 2 * width)))
         return source + 0.1 * self.fixup_proj(source)
+
+    def stage_kernels(self, image):
+        """The four stages' per-pixel filters for an image whose sides are 16 times the feature grid's.
+
+        The guidance of stage k is the image average-pooled by 2^(3-k) (what adaptive pooling does at these sizes).
+        """
+        self.check_grid(image.shape[2] // 16, image.shape[3] // 16)
+        return [self.up.kernel(F.avg_pool2d(image, 2 ** (3 - k)) if k < 3 else image) for k in range(4)]
+
+    def projection(self):
+        """The outer 1x1 projection's weight (D, D) and bias (D,): output = S16 + 0.1 * (W S16 + b)."""
+        conv = self.fixup_proj[1]
+        return conv.weight[:, :, 0, 0], conv.bias
+
+
+def apply_stage_kernels(source, kernels, radius=5):
+    """SimFeatUp's data path in torch: per stage, bicubic x2, reflect padding, then the adaptive convolution."""
+    for kernel in kernels:
+        upsampled = F.interpolate(source, kernel.shape[2:], mode="bicubic", align_corners=False)
+        source = adaptive_conv(F.pad(upsampled, [radius] * 4, mode="reflect"), kernel)
+    return source
 
 
 def load_simfeatup(path, map_location="cpu"):

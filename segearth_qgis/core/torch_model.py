@@ -15,8 +15,10 @@ from open_clip.tokenizer import tokenize
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 
+from . import jbu_apply
 from .checkpoints import load_state_dict
-from .simfeatup import load_simfeatup
+from .head import patch_grid_logits, upsampled_logits
+from .simfeatup import apply_stage_kernels, load_simfeatup
 
 ATTENTIONS = ("SegEarth", "SCLIP", "ClearCLIP", "vanilla")
 # The reference's SegDataPreProcessor constants (CLIP's mean and std times 255, as written in its config).
@@ -134,8 +136,11 @@ class SegEarthModel(nn.Module):
         patches = output[:, 1:].permute(0, 2, 1).reshape(batch, -1, grid_h, grid_w)
         return output[:, 0], patches
 
-    def forward(self, x, text_features, gba_lambda):
-        """GBA-corrected cosine logits (B, Q, h, w) at the upsampler's (or the patch grid's) resolution."""
+    def reference_order_logits(self, x, text_features, gba_lambda):
+        """The official order of operations in torch: SimFeatUp at full channel count, then normalise and GBA.
+
+        Kept as the yardstick for tests and benchmarks; ``window_logits`` computes the same values much faster.
+        """
         cls, features = self.encode_windows(x)
         if self.upsampler is not None:
             features = self.upsampler(features, x)
@@ -145,10 +150,22 @@ class SegEarthModel(nn.Module):
         return logits - gba_lambda * (cls @ text_features.T)[:, :, None, None]
 
     def window_logits(self, windows, text_features, gba_lambda):
+        """GBA cosine logits (B, Q, h, w) for normalised windows, through the exact reduced-channel SimFeatUp."""
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(windows, np.float32)).to(self.device)
-            text = torch.from_numpy(np.ascontiguousarray(text_features, np.float32)).to(self.device)
-            return self(x, text, float(gba_lambda)).float().cpu().numpy()
+            cls, patches = (t.float().cpu().numpy() for t in self.encode_windows(x))
+            if self.upsampler is None:
+                return patch_grid_logits(cls, patches, text_features, gba_lambda)
+            kernels = self.upsampler.stage_kernels(x)
+            weight, bias = (t.double().cpu().numpy() for t in self.upsampler.projection())
+            return upsampled_logits(cls, patches, text_features, gba_lambda, weight, bias,
+                                    lambda grid: self._apply_kernels(grid, kernels))
+
+    def _apply_kernels(self, grid, kernels):
+        if self.device.type == "cpu":
+            return jbu_apply.apply_stage_kernels(grid, [k.numpy() for k in kernels], self.upsampler.up.radius)
+        source = torch.from_numpy(grid).to(self.device).permute(0, 3, 1, 2)
+        return apply_stage_kernels(source, kernels, self.upsampler.up.radius).permute(0, 2, 3, 1).cpu().numpy()
 
     def text_features(self, queries):
         """Per query: the 80 OpenAI ImageNet prompts, each embedding normalised, averaged, normalised again: (Q, D)."""

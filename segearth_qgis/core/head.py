@@ -1,0 +1,51 @@
+"""The text head every backend shares: cosine logits with GBA, and SimFeatUp's exact cheap reordering.
+
+In eval mode SimFeatUp is linear in its features and acts on every channel with the same spatial operator Op, so
+``F = Op(S) + 0.1 (W Op(S) + b) = Op(A S) + 0.1 b`` with ``A = I + 0.1 W``. ``F(x)`` then lies in the span of
+``[A S, 0.1 b]`` (at most P + 1 columns for P patches), so with an orthonormal basis U of that span only
+``r = min(D, P + 1)`` channels ``U^T A S`` are upsampled, and ``|F(x)|`` and ``t^T F(x)`` come from the r coordinates
+(``U^T t`` replaces t). Up to float rounding this equals the official order of operations.
+"""
+
+import numpy as np
+
+
+def cls_logits(cls, text_features):
+    """The GBA term: normalised CLS against the text features, (B, Q)."""
+    cls = cls / np.linalg.norm(cls, axis=1, keepdims=True)
+    return cls @ text_features.T
+
+
+def patch_grid_logits(cls, patches, text_features, gba_lambda):
+    """Without an upsampler: GBA cosine logits on the patch grid, (B, Q, h, w)."""
+    features = patches / np.linalg.norm(patches, axis=1, keepdims=True)
+    logits = np.einsum("bdhw,qd->bqhw", features, text_features)
+    return (logits - np.float32(gba_lambda) * cls_logits(cls, text_features)[:, :, None, None]).astype(np.float32)
+
+
+def upsampled_logits(cls, patches, text_features, gba_lambda, weight, bias, upsample):
+    """GBA cosine logits at full window resolution (B, Q, 16h, 16w) through the reduced-channel SimFeatUp.
+
+    ``upsample`` runs SimFeatUp's four stages on channels-last features (B, h, w, r) and returns (B, 16h, 16w, r).
+    """
+    batch, dim, height, width = patches.shape
+    fold = np.eye(dim) + 0.1 * np.asarray(weight, np.float64)
+    offset = 0.1 * np.asarray(bias, np.float64)
+    folded = fold @ patches.reshape(batch, dim, height * width).astype(np.float64)
+    text = np.asarray(text_features, np.float64)
+    reduced, offsets, reduced_text = [], [], []
+    for window in folded:
+        basis, _ = np.linalg.qr(np.concatenate([window, offset[:, None]], axis=1))
+        reduced.append(basis.T @ window)
+        offsets.append(basis.T @ offset)
+        reduced_text.append(text @ basis)
+    rank = reduced[0].shape[0]
+    grid = np.stack(reduced).reshape(batch, rank, height, width).transpose(0, 2, 3, 1)
+    features = upsample(np.ascontiguousarray(grid, np.float32))
+    features += np.stack(offsets).astype(np.float32)[:, None, None, :]
+    out_h, out_w = features.shape[1:3]
+    flat = features.reshape(batch, out_h * out_w, rank)
+    dots = flat @ np.stack(reduced_text).astype(np.float32).transpose(0, 2, 1)
+    cosines = dots / np.linalg.norm(flat, axis=2, keepdims=True)
+    logits = cosines - np.float32(gba_lambda) * cls_logits(cls, text_features)[:, None, :]
+    return np.ascontiguousarray(logits.transpose(0, 2, 1).reshape(batch, -1, out_h, out_w), np.float32)
