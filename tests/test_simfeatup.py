@@ -22,7 +22,7 @@ def test_adaptive_conv_equals_unfold_formula(diameter, size):
     h, w = size
     padded = torch.randn(2, 5, h + diameter - 1, w + diameter - 1, generator=gen, dtype=torch.float64)
     kernel = torch.randn(2, h, w, diameter, diameter, generator=gen, dtype=torch.float64)
-    ours = adaptive_conv(padded, kernel.permute(0, 3, 4, 1, 2).reshape(2, diameter * diameter, h, w))
+    ours = adaptive_conv(padded, kernel.permute(0, 3, 4, 1, 2).reshape(2, diameter * diameter, h, w), diameter)
     torch.testing.assert_close(ours, unfold_adaptive_conv(padded, kernel), rtol=1e-12, atol=1e-12)
     assert ours.shape == (2, 5, h, w)
 

@@ -11,10 +11,9 @@ from torch import nn
 from .checkpoints import load_state_dict
 
 
-def adaptive_conv(padded, kernel):
+def adaptive_conv(padded, kernel, diameter):
     """``out[b,c,i,j] = sum_{a,b'} padded[b,c,i+a,j+b'] * kernel[b, a*d+b', i, j]`` for kernel (B, d*d, H, W)."""
-    taps, height, width = kernel.shape[1:]
-    diameter = int(round(taps ** 0.5))
+    height, width = kernel.shape[2:]
     out = torch.zeros(padded.shape[0], padded.shape[1], height, width, dtype=padded.dtype, device=padded.device)
     for a in range(diameter):
         for b in range(diameter):
@@ -70,7 +69,7 @@ class JBULearnedRange(nn.Module):
         height, width = guidance.shape[2:]
         upsampled = F.interpolate(source, (height, width), mode="bicubic", align_corners=False)
         padded = F.pad(upsampled, [self.radius] * 4, mode="reflect")
-        return adaptive_conv(padded, self.kernel(guidance))
+        return adaptive_conv(padded, self.kernel(guidance), self.diameter)
 
 
 class JBUOne(nn.Module):
@@ -112,7 +111,7 @@ def apply_stage_kernels(source, kernels, radius=5):
     """SimFeatUp's data path in torch: per stage, bicubic x2, reflect padding, then the adaptive convolution."""
     for kernel in kernels:
         upsampled = F.interpolate(source, kernel.shape[2:], mode="bicubic", align_corners=False)
-        source = adaptive_conv(F.pad(upsampled, [radius] * 4, mode="reflect"), kernel)
+        source = adaptive_conv(F.pad(upsampled, [radius] * 4, mode="reflect"), kernel, 2 * radius + 1)
     return source
 
 

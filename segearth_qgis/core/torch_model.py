@@ -114,14 +114,22 @@ class SegEarthModel(nn.Module):
                              f"expected {(grid_h, grid_w)}")
         return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])
 
-    def encode_windows(self, x):
-        """Normalised windows (B, 3, H, W) to the modified block's CLS (B, D) and patch features (B, D, H/p, W/p)."""
+    def encode_windows(self, x, pos_grid=None):
+        """Normalised windows (B, 3, H, W) to the modified block's CLS (B, D) and patch features (B, D, H/p, W/p).
+
+        ``pos_grid`` (H/p, W/p, width) gives the patch positional embeddings explicitly (the ONNX graph takes them as
+        an input); by default they come from ``positional_embedding``.
+        """
         visual = self.clip.visual
         tokens = visual.conv1(x)
         batch, width, grid_h, grid_w = tokens.shape
+        if pos_grid is None:
+            pos = self.positional_embedding(grid_h, grid_w)
+        else:
+            pos = torch.cat([visual.positional_embedding[:1], pos_grid.reshape(grid_h * grid_w, width)])
         tokens = tokens.reshape(batch, width, grid_h * grid_w).permute(0, 2, 1)
         cls = visual.class_embedding.reshape(1, 1, width).expand(batch, 1, width).to(tokens.dtype)
-        tokens = torch.cat([cls, tokens], dim=1) + self.positional_embedding(grid_h, grid_w).to(tokens.dtype)
+        tokens = torch.cat([cls, tokens], dim=1) + pos.to(tokens.dtype)
         tokens = visual.ln_pre(tokens)
         blocks = visual.transformer.resblocks
         for block in blocks[:len(blocks) - self.last_n]:
