@@ -28,6 +28,13 @@ print(f"environment ok: QGIS {qgis.core.Qgis.QGIS_VERSION}, numpy {numpy.__versi
 """
 
 
+CLI_COMMANDS = {
+    "demo": "segment a generated image with a seeded random model (the README's main job)",
+    "export": "export checkpoints to a validated ONNX model bundle",
+    "bench": "benchmarks that print figures (bench speed)",
+}
+
+
 class SetupError(RuntimeError):
     """A set-up step failed in a way the user can fix; the message says how."""
 
@@ -185,8 +192,9 @@ def main(argv=None):
     test_parser = sub.add_parser("test", help="set up, lint, then run the whole test suite headless")
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments after --")
     sub.add_parser("lint", help="ruff over the whole tree")
-    demo_parser = sub.add_parser("demo", help="segment a generated image with a seeded random model")
-    demo_parser.add_argument("--out", default=str(ROOT / "out" / "demo"), help="output folder")
+    for name, text in CLI_COMMANDS.items():
+        cli_parser = sub.add_parser(name, help=text, add_help=False)
+        cli_parser.add_argument("cli_args", nargs=argparse.REMAINDER, help="see: python3 build.py NAME --help")
     stage_parser = sub.add_parser("stage", help="stage the installable plugin folder")
     stage_parser.add_argument("--out", default=str(ROOT / "out" / "plugin"), help="folder to hold segearth_qgis/")
     run_parser = sub.add_parser("run", help="run any command inside the project's environment")
@@ -208,8 +216,9 @@ def main(argv=None):
         return lint(venv)
     if args.command == "test":
         return test(venv, strip_separator(args.pytest_args))
-    if args.command == "demo":
-        return run_in_env(venv, [str(venv / "bin" / "python"), "-m", "segearth_qgis.cli", "demo", "--out", args.out])
+    if args.command in CLI_COMMANDS:
+        return run_in_env(venv, [str(venv / "bin" / "python"), "-m", "segearth_qgis.cli", args.command,
+                                 *strip_separator(args.cli_args)])
     if args.command == "stage":
         say(f"staged {stage_plugin(args.out)}")
         return 0

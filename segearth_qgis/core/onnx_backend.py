@@ -1,0 +1,106 @@
+"""The onnxruntime backend: runs a bundle's graphs with numpy around them, no torch needed.
+
+On the CPU the adaptive convolution of SimFeatUp runs in a numba-compiled loop when numba is installed (onnxruntime
+executes the 121 multiply-adds of the graph about 20x slower); on CUDA, and on CPUs without numba, the whole data
+path stays in the ``simfeatup_apply`` graph.
+"""
+
+import threading
+
+import numpy as np
+
+from . import bundle as bundle_files
+from . import jbu_apply
+from .head import patch_grid_logits, upsampled_logits
+from .runtime import LOG, SESSIONS, RuntimeReport, resolve_onnx_device
+from .tokenizer import ClipTokenizer
+
+_TEXT_CACHE = {}
+_TEXT_LOCK = threading.Lock()
+
+
+class OnnxModel:
+    """A bundle on onnxruntime, with the interface ``segment_image`` expects."""
+
+    def __init__(self, folder, manifest, device="auto", use_numba=True):
+        import onnxruntime
+
+        self.bundle = folder
+        self.manifest = manifest
+        self.patch_size = manifest["patch_size"]
+        self.embed_dim = manifest["embed_dim"]
+        self.image_mean = tuple(manifest["image_mean"])
+        self.image_std = tuple(manifest["image_std"])
+        self.templates = manifest["prompt_templates"]
+        self.has_upsampler = manifest["upsampler"] is not None
+        self.device, note = resolve_onnx_device(device, folder / bundle_files.VISUAL)
+        self.encoder = SESSIONS.get(folder / bundle_files.VISUAL, self.device)
+        self.text_encoder = SESSIONS.get(folder / bundle_files.TEXT, self.device)
+        self.numba_apply = self.device == "cpu" and use_numba and jbu_apply.numba_available()
+        if self.has_upsampler:
+            self.kernels = SESSIONS.get(folder / bundle_files.KERNELS, self.device)
+            self.apply = None if self.numba_apply else SESSIONS.get(folder / bundle_files.APPLY, self.device)
+            projection = np.load(folder / bundle_files.PROJECTION)
+            self.projection = (projection["weight"], projection["bias"])
+        positions = np.load(folder / bundle_files.POSITIONS)
+        self.native_grid = int(round((positions.shape[0] - 1) ** 0.5))
+        self.positions = positions
+        self._grids = {}
+        self.tokenizer = ClipTokenizer(folder / bundle_files.VOCAB, manifest["context_length"])
+        providers = self.encoder.get_providers()
+        if self.has_upsampler and self.numba_apply:
+            providers = [*providers, "numba (SimFeatUp adaptive convolution)"]
+        self.runtime = RuntimeReport("onnx", self.device, providers, f"onnxruntime {onnxruntime.__version__}", note)
+        LOG.info("model %s: %s", folder.name, self.runtime)
+
+    def position_grid(self, grid_h, grid_w):
+        """Patch positional embeddings (grid_h, grid_w, width), interpolated as the reference does when needed."""
+        key = (grid_h, grid_w)
+        if key not in self._grids:
+            patches = self.positions[1:]
+            side = self.native_grid
+            if grid_h * grid_w == patches.shape[0]:
+                grid = patches.reshape(grid_h, grid_w, -1)
+            else:
+                grid = jbu_apply.bicubic_resize(patches.reshape(1, side, side, -1), grid_h, grid_w,
+                                                1 / ((grid_h + 0.1) / side), 1 / ((grid_w + 0.1) / side))[0]
+            self._grids[key] = np.ascontiguousarray(grid, np.float32)
+        return self._grids[key]
+
+    def encode_windows(self, windows):
+        grid_h, grid_w = windows.shape[2] // self.patch_size, windows.shape[3] // self.patch_size
+        return self.encoder.run(None, {"x": windows, "pos_grid": self.position_grid(grid_h, grid_w)})
+
+    def window_logits(self, windows, text_features, gba_lambda):
+        windows = np.ascontiguousarray(windows, np.float32)
+        cls, patches = self.encode_windows(windows)
+        if not self.has_upsampler:
+            return patch_grid_logits(cls, patches, text_features, gba_lambda)
+        kernels = self.kernels.run(None, {"x": windows})
+        return upsampled_logits(cls, patches, text_features, gba_lambda, *self.projection,
+                                lambda grid: self._apply_kernels(grid, kernels))
+
+    def _apply_kernels(self, grid, kernels):
+        if self.numba_apply:
+            return jbu_apply.apply_stage_kernels(grid, kernels)
+        feeds = {"features": np.ascontiguousarray(grid.transpose(0, 3, 1, 2))}
+        feeds.update({f"kernel{i + 1}": k for i, k in enumerate(kernels)})
+        return np.ascontiguousarray(self.apply.run(None, feeds)[0].transpose(0, 2, 3, 1))
+
+    def text_features(self, queries):
+        """Per query: the manifest's prompt templates, embeddings normalised, averaged, normalised: (Q, D)."""
+        key = (self.manifest["files"][bundle_files.TEXT]["sha256"], tuple(self.templates), tuple(queries))
+        with _TEXT_LOCK:
+            if key in _TEXT_CACHE:
+                return _TEXT_CACHE[key]
+        features = np.stack([self._encode_query(query) for query in queries])
+        with _TEXT_LOCK:
+            _TEXT_CACHE[key] = features
+        return features
+
+    def _encode_query(self, query):
+        tokens = self.tokenizer([template.replace("{}", query) for template in self.templates])
+        embedded = self.text_encoder.run(None, {"tokens": tokens})[0]
+        embedded = embedded / np.linalg.norm(embedded, axis=1, keepdims=True)
+        mean = embedded.mean(axis=0)
+        return (mean / np.linalg.norm(mean)).astype(np.float32)
