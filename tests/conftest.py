@@ -42,3 +42,13 @@ def pytest_runtest_makereport(item, call):
         if reason in ("", "unconditional skip"):
             report.outcome = "failed"
             report.longrepr = f"{item.nodeid} was skipped without a reason; every skip must print why"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoints, tmp_path_factory):
+    """A validated bundle (and its zip) of the tiny model, exported once per test session."""
+    from segearth_qgis.core.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-optical"
+    return export_bundle(tiny_checkpoints["clip"], tiny_checkpoints["upsampler"], tiny_checkpoints["arch"], out,
+                         quick_gelu=True, make_zip=True, log=lambda _: None)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segearth_qgis.core import jbu_apply
+from segearth_qgis.core import simfeatup_cpu
 from segearth_qgis.core.simfeatup import JBUOne, apply_stage_kernels
 
 
@@ -13,7 +13,7 @@ from segearth_qgis.core.simfeatup import JBUOne, apply_stage_kernels
 def test_bicubic_matches_torch(src, dst):
     x = np.random.default_rng(0).standard_normal((2, *src, 5)).astype(np.float32)
     expected = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), dst, mode="bicubic", align_corners=False)
-    np.testing.assert_allclose(jbu_apply.bicubic_resize(x, *dst), expected.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(simfeatup_cpu.bicubic_resize(x, *dst), expected.permute(0, 2, 3, 1).numpy(), atol=1e-6)
 
 
 def test_bicubic_with_a_scale_factor_matches_torch():
@@ -21,13 +21,13 @@ def test_bicubic_with_a_scale_factor_matches_torch():
     x = np.random.default_rng(1).standard_normal((1, 14, 14, 6)).astype(np.float32)
     factors = (28.1 / 14, 21.1 / 14)
     expected = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), scale_factor=factors, mode="bicubic")
-    ours = jbu_apply.bicubic_resize(x, 28, 21, 1 / factors[0], 1 / factors[1])
+    ours = simfeatup_cpu.bicubic_resize(x, 28, 21, 1 / factors[0], 1 / factors[1])
     np.testing.assert_allclose(ours, expected.permute(0, 2, 3, 1).numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("use_numba", [True, False])
 def test_numpy_data_path_equals_torch(use_numba):
-    if use_numba and not jbu_apply.numba_available():
+    if use_numba and not simfeatup_cpu.numba_available():
         pytest.skip("numba is not installed here; the numpy path is tested on its own")
     torch.manual_seed(0)
     ups = JBUOne(8).eval()
@@ -36,8 +36,8 @@ def test_numpy_data_path_equals_torch(use_numba):
     with torch.no_grad():
         kernels = ups.stage_kernels(image)
         expected = apply_stage_kernels(source, kernels)
-    ours = jbu_apply.apply_stage_kernels(source.permute(0, 2, 3, 1).numpy(), [k.numpy() for k in kernels],
-                                         use_numba=use_numba)
+    ours = simfeatup_cpu.apply_stage_kernels(source.permute(0, 2, 3, 1).numpy(),
+                                             [k.permute(0, 2, 3, 1).numpy() for k in kernels], use_numba=use_numba)
     np.testing.assert_allclose(ours, expected.permute(0, 2, 3, 1).numpy(), atol=1e-5)
 
 
@@ -65,3 +65,19 @@ def test_reduced_channel_logits_equal_the_official_order(tiny_model, size):
         official = tiny_model.reference_order_logits(torch.from_numpy(windows), torch.from_numpy(text), 0.3).numpy()
     assert fast.shape == official.shape == (2, 3, size, size)
     np.testing.assert_allclose(fast, official, atol=2e-6)
+
+
+def test_compiled_stage_kernels_equal_torch():
+    if not simfeatup_cpu.numba_available():
+        pytest.skip("numba is not installed here: the kernels come from torch or onnxruntime instead")
+    torch.manual_seed(2)
+    ups = JBUOne(8).eval()
+    with torch.no_grad():
+        ups.up.range_temp.fill_(1.3)
+        ups.up.sigma_spatial.fill_(0.6)
+        image = torch.randn(2, 3, 96, 64)
+        expected = ups.stage_kernels(image)
+    ours = simfeatup_cpu.stage_kernels(image.numpy(), simfeatup_cpu.weights_from_upsampler(ups))
+    for k, (a, b) in enumerate(zip(ours, expected, strict=True)):
+        assert a.shape == (2, 12 * 2 ** k, 8 * 2 ** k, 121)
+        np.testing.assert_allclose(a, b.permute(0, 2, 3, 1).numpy(), atol=2e-6)

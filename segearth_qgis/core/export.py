@@ -23,6 +23,7 @@ from torch.export import Dim
 
 from . import bundle as bundle_files
 from .simfeatup import apply_stage_kernels
+from .simfeatup_cpu import weights_from_upsampler
 from .torch_model import REFERENCE_MEAN, REFERENCE_STD, load_model_from_checkpoints, model_config
 
 OPSET = 18
@@ -104,9 +105,7 @@ def _export_graphs(model, folder, window):
                    (["features", *kernel_names], ["upsampled"]),
                    {"features": {0: "batch", 1: "channels", 2: "grid_h", 3: "grid_w"}, **kernel_axes,
                     "upsampled": {0: "batch", 1: "channels", 2: "height", 3: "width"}})
-    weight, bias = model.upsampler.projection()
-    np.savez(folder / bundle_files.PROJECTION, weight=weight.detach().double().numpy(),
-             bias=bias.detach().double().numpy())
+    np.savez(folder / bundle_files.WEIGHTS, **weights_from_upsampler(model.upsampler))
 
 
 def _relative_error(ours, reference):
@@ -119,7 +118,7 @@ def _validate(model, folder, manifest, window, tolerance, log):
     from .onnx_backend import OnnxModel
 
     onnx_model = OnnxModel(folder, manifest, "cpu")
-    graph_model = OnnxModel(folder, manifest, "cpu", use_numba=False) if onnx_model.numba_apply else onnx_model
+    graph_model = OnnxModel(folder, manifest, "cpu", use_numba=False) if onnx_model.compiled_upsampler else onnx_model
     rng = np.random.default_rng(0)
     errors = {}
     queries = ["building", "water body", "tree,forest"]

@@ -1,8 +1,8 @@
 """The onnxruntime backend: runs a bundle's graphs with numpy around them, no torch needed.
 
-On the CPU the adaptive convolution of SimFeatUp runs in a numba-compiled loop when numba is installed (onnxruntime
-executes the 121 multiply-adds of the graph about 20x slower); on CUDA, and on CPUs without numba, the whole data
-path stays in the ``simfeatup_apply`` graph.
+On CUDA, and on CPUs without numba, SimFeatUp runs as the bundle's two graphs (guidance -> kernels, features +
+kernels -> upsampled). On a CPU with numba its per-pixel 121-neighbour loops run compiled (``simfeatup_cpu``), since
+onnxruntime executes them as 121 memory-bound whole-tensor slices, 10-20x slower.
 """
 
 import threading
@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from . import bundle as bundle_files
-from . import jbu_apply
+from . import simfeatup_cpu
 from .head import patch_grid_logits, upsampled_logits
 from .runtime import LOG, SESSIONS, RuntimeReport, resolve_onnx_device
 from .tokenizer import ClipTokenizer
@@ -36,20 +36,21 @@ class OnnxModel:
         self.device, note = resolve_onnx_device(device, folder / bundle_files.VISUAL)
         self.encoder = SESSIONS.get(folder / bundle_files.VISUAL, self.device)
         self.text_encoder = SESSIONS.get(folder / bundle_files.TEXT, self.device)
-        self.numba_apply = self.device == "cpu" and use_numba and jbu_apply.numba_available()
+        self.compiled_upsampler = self.device == "cpu" and use_numba and simfeatup_cpu.numba_available()
         if self.has_upsampler:
-            self.kernels = SESSIONS.get(folder / bundle_files.KERNELS, self.device)
-            self.apply = None if self.numba_apply else SESSIONS.get(folder / bundle_files.APPLY, self.device)
-            projection = np.load(folder / bundle_files.PROJECTION)
-            self.projection = (projection["weight"], projection["bias"])
+            with np.load(folder / bundle_files.WEIGHTS) as weights:
+                self.upsampler_weights = dict(weights)
+            if not self.compiled_upsampler:
+                self.kernels = SESSIONS.get(folder / bundle_files.KERNELS, self.device)
+                self.apply = SESSIONS.get(folder / bundle_files.APPLY, self.device)
         positions = np.load(folder / bundle_files.POSITIONS)
         self.native_grid = int(round((positions.shape[0] - 1) ** 0.5))
         self.positions = positions
         self._grids = {}
         self.tokenizer = ClipTokenizer(folder / bundle_files.VOCAB, manifest["context_length"])
         providers = self.encoder.get_providers()
-        if self.has_upsampler and self.numba_apply:
-            providers = [*providers, "numba (SimFeatUp adaptive convolution)"]
+        if self.has_upsampler and self.compiled_upsampler:
+            providers = [*providers, "numba (SimFeatUp per-pixel loops)"]
         self.runtime = RuntimeReport("onnx", self.device, providers, f"onnxruntime {onnxruntime.__version__}", note)
         LOG.info("model %s: %s", folder.name, self.runtime)
 
@@ -62,7 +63,7 @@ class OnnxModel:
             if grid_h * grid_w == patches.shape[0]:
                 grid = patches.reshape(grid_h, grid_w, -1)
             else:
-                grid = jbu_apply.bicubic_resize(patches.reshape(1, side, side, -1), grid_h, grid_w,
+                grid = simfeatup_cpu.bicubic_resize(patches.reshape(1, side, side, -1), grid_h, grid_w,
                                                 1 / ((grid_h + 0.1) / side), 1 / ((grid_w + 0.1) / side))[0]
             self._grids[key] = np.ascontiguousarray(grid, np.float32)
         return self._grids[key]
@@ -76,13 +77,17 @@ class OnnxModel:
         cls, patches = self.encode_windows(windows)
         if not self.has_upsampler:
             return patch_grid_logits(cls, patches, text_features, gba_lambda)
-        kernels = self.kernels.run(None, {"x": windows})
-        return upsampled_logits(cls, patches, text_features, gba_lambda, *self.projection,
-                                lambda grid: self._apply_kernels(grid, kernels))
+        weights = self.upsampler_weights
+        if self.compiled_upsampler:
+            kernels = simfeatup_cpu.stage_kernels(windows, weights)
+            upsample = lambda grid: simfeatup_cpu.apply_stage_kernels(grid, kernels)  # noqa: E731
+        else:
+            kernels = self.kernels.run(None, {"x": windows})
+            upsample = lambda grid: self._apply_graph(grid, kernels)  # noqa: E731
+        return upsampled_logits(cls, patches, text_features, gba_lambda, weights["projection_w"],
+                                weights["projection_b"], upsample)
 
-    def _apply_kernels(self, grid, kernels):
-        if self.numba_apply:
-            return jbu_apply.apply_stage_kernels(grid, kernels)
+    def _apply_graph(self, grid, kernels):
         feeds = {"features": np.ascontiguousarray(grid.transpose(0, 3, 1, 2))}
         feeds.update({f"kernel{i + 1}": k for i, k in enumerate(kernels)})
         return np.ascontiguousarray(self.apply.run(None, feeds)[0].transpose(0, 2, 3, 1))

@@ -15,7 +15,7 @@ from open_clip.tokenizer import tokenize
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 
-from . import jbu_apply
+from . import simfeatup_cpu
 from .checkpoints import load_state_dict
 from .head import patch_grid_logits, upsampled_logits
 from .simfeatup import apply_stage_kernels, load_simfeatup
@@ -95,6 +95,7 @@ class SegEarthModel(nn.Module):
         self.image_mean = REFERENCE_MEAN
         self.image_std = REFERENCE_STD
         self._text_cache = {}
+        self._cpu_weights = None
         self.to(device).eval()
 
     @property
@@ -164,14 +165,21 @@ class SegEarthModel(nn.Module):
             cls, patches = (t.float().cpu().numpy() for t in self.encode_windows(x))
             if self.upsampler is None:
                 return patch_grid_logits(cls, patches, text_features, gba_lambda)
-            kernels = self.upsampler.stage_kernels(x)
             weight, bias = (t.double().cpu().numpy() for t in self.upsampler.projection())
-            return upsampled_logits(cls, patches, text_features, gba_lambda, weight, bias,
-                                    lambda grid: self._apply_kernels(grid, kernels))
+            if self.device.type == "cpu" and simfeatup_cpu.numba_available():
+                kernels = simfeatup_cpu.stage_kernels(windows, self._upsampler_weights())
+                upsample = lambda grid: simfeatup_cpu.apply_stage_kernels(grid, kernels)  # noqa: E731
+            else:
+                kernels = self.upsampler.stage_kernels(x)
+                upsample = lambda grid: self._apply_in_torch(grid, kernels)  # noqa: E731
+            return upsampled_logits(cls, patches, text_features, gba_lambda, weight, bias, upsample)
 
-    def _apply_kernels(self, grid, kernels):
-        if self.device.type == "cpu":
-            return jbu_apply.apply_stage_kernels(grid, [k.numpy() for k in kernels], self.upsampler.up.radius)
+    def _upsampler_weights(self):
+        if self._cpu_weights is None:
+            self._cpu_weights = simfeatup_cpu.weights_from_upsampler(self.upsampler)
+        return self._cpu_weights
+
+    def _apply_in_torch(self, grid, kernels):
         source = torch.from_numpy(grid).to(self.device).permute(0, 3, 1, 2)
         return apply_stage_kernels(source, kernels, self.upsampler.up.radius).permute(0, 2, 3, 1).cpu().numpy()
 

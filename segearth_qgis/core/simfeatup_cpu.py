@@ -1,0 +1,258 @@
+"""SimFeatUp on the CPU without torch: the per-pixel 11x11 kernels from the guidance image, and their application.
+
+Per-pixel loops over 121 neighbours (the range kernel's dot products and softmax, the adaptive convolution, bicubic
+x2) run numba-compiled and channels-last when numba is installed: onnxruntime and torch execute them as 121
+whole-tensor slices, which is memory-bound and about 10-20x slower on a CPU. The 1x1 convolutions are BLAS matrix
+products. Without numba the application falls back to numpy multiply-adds (the kernels then come from torch or
+onnxruntime). Sums run in the same tap order as the official code.
+"""
+
+import math
+import os
+
+import numpy as np
+
+_CUBIC_A = -0.75  # torch's bicubic (Keys, a = -0.75)
+
+
+def _cubic_weights(t):
+    """Weights of the 4 taps at offsets -1, 0, 1, 2 for fractional positions ``t`` (float32, like torch)."""
+    t = t.astype(np.float32)
+    a = np.float32(_CUBIC_A)
+
+    def near(x):
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.stack([far(t + 1), near(t), near(1 - t), far((1 - t) + 1)], axis=-1).astype(np.float32)
+
+
+def _bicubic_taps(out_len, in_len, scale):
+    """Source indices (out_len, 4) and weights for torch's bicubic with ``align_corners=False``; ``scale`` = in/out."""
+    src = np.float32(scale) * (np.arange(out_len, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    floor = np.floor(src)
+    index = floor.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :]
+    return np.clip(index, 0, in_len - 1), _cubic_weights(src - floor)
+
+
+def bicubic_resize(array, out_h, out_w, scale_h=None, scale_w=None):
+    """torch ``interpolate(mode="bicubic", align_corners=False)`` over axes (-3, -2) of a channels-last float32 array.
+
+    ``scale_h``/``scale_w`` are the input/output ratios torch uses: ``in/out`` for a given size, ``1/scale_factor``
+    when torch is given a scale factor (as the reference's positional-embedding interpolation is).
+    """
+    in_h, in_w = array.shape[-3:-1]
+    rows, wy = _bicubic_taps(out_h, in_h, scale_h if scale_h is not None else in_h / out_h)
+    cols, wx = _bicubic_taps(out_w, in_w, scale_w if scale_w is not None else in_w / out_w)
+    kernels = _numba_kernels()
+    if kernels is not None and array.ndim == 4:
+        array = np.ascontiguousarray(array, np.float32)
+        horizontal = np.empty((*array.shape[:2], out_w, array.shape[3]), np.float32)
+        kernels["resample_cols"](array, cols, wx, horizontal)
+        out = np.empty((array.shape[0], out_h, out_w, array.shape[3]), np.float32)
+        kernels["resample_rows"](horizontal, rows, wy, out)
+        return out
+    horizontal = sum(array[..., cols[:, k], :] * wx[:, k, None] for k in range(4))
+    return sum(horizontal[..., rows[:, k], :, :] * wy[:, k, None, None] for k in range(4)).astype(np.float32)
+
+
+def _adaptive_conv_numpy(padded, kernel):
+    batch, height, width, taps = kernel.shape
+    diameter = int(round(taps ** 0.5))
+    out = np.zeros((batch, height, width, padded.shape[-1]), np.float32)
+    for a in range(diameter):
+        for b in range(diameter):
+            out += padded[:, a:a + height, b:b + width, :] * kernel[:, :, :, a * diameter + b, None]
+    return out
+
+
+def _build_numba_kernels():
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "segearth-qgis", "numba"))
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(parallel=True, cache=True)
+    def adaptive_conv(padded, kernel, out):
+        batch, height, width, taps = kernel.shape
+        channels = padded.shape[3]
+        diameter = int(round(taps ** 0.5))
+        for row in numba.prange(batch * height):
+            n = row // height
+            i = row % height
+            for j in range(width):
+                acc = out[n, i, j]
+                for c in range(channels):
+                    acc[c] = 0.0
+                for a in range(diameter):
+                    for b in range(diameter):
+                        w = kernel[n, i, j, a * diameter + b]
+                        src = padded[n, i + a, j + b]
+                        for c in range(channels):
+                            acc[c] += w * src[c]
+
+    @numba.njit(parallel=True, cache=True)
+    def resample_cols(src, index, weight, out):
+        batch, height, _, channels = src.shape
+        for row in numba.prange(batch * height):
+            n = row // height
+            i = row % height
+            for j in range(index.shape[0]):
+                acc = out[n, i, j]
+                for c in range(channels):
+                    acc[c] = 0.0
+                for k in range(index.shape[1]):
+                    w = weight[j, k]
+                    line = src[n, i, index[j, k]]
+                    for c in range(channels):
+                        acc[c] += line[c] * w
+
+    @numba.njit(parallel=True, cache=True)
+    def resample_rows(src, index, weight, out):
+        batch, _, width, channels = src.shape
+        out_h = index.shape[0]
+        for row in numba.prange(batch * out_h):
+            n = row // out_h
+            i = row % out_h
+            for j in range(width):
+                acc = out[n, i, j]
+                for c in range(channels):
+                    acc[c] = 0.0
+                for k in range(index.shape[1]):
+                    w = weight[i, k]
+                    line = src[n, index[i, k], j]
+                    for c in range(channels):
+                        acc[c] += line[c] * w
+
+    @numba.njit(parallel=True, cache=True)
+    def range_kernel(padded, keys, temperature, spatial, out):
+        """Softmax over the neighbours of temperature * <key(neighbour), key(centre)>, times the spatial kernel,
+        normalised to sum 1 (denominator at least 1e-7): out (N, H, W, d*d)."""
+        batch, height, width, dim = keys.shape
+        taps = spatial.shape[0]
+        diameter = int(round(taps ** 0.5))
+        for row in numba.prange(batch * height):
+            n = row // height
+            i = row % height
+            for j in range(width):
+                centre = keys[n, i, j]
+                logits = out[n, i, j]
+                best = -np.inf
+                for a in range(diameter):
+                    for b in range(diameter):
+                        neighbour = padded[n, i + a, j + b]
+                        dot = np.float32(0.0)
+                        for c in range(dim):
+                            dot += neighbour[c] * centre[c]
+                        value = temperature * dot
+                        logits[a * diameter + b] = value
+                        best = max(best, value)
+                total = np.float32(0.0)
+                for t in range(taps):
+                    logits[t] = np.exp(logits[t] - best)
+                    total += logits[t]
+                norm = np.float32(0.0)
+                for t in range(taps):
+                    logits[t] = logits[t] / total * spatial[t]
+                    norm += logits[t]
+                norm = max(norm, np.float32(1e-7))
+                for t in range(taps):
+                    logits[t] = logits[t] / norm
+
+    @numba.vectorize(["float32(float32)"], target="parallel", cache=True)
+    def gelu(x):
+        return np.float32(0.5) * x * (np.float32(1.0) + np.float32(math.erf(x / math.sqrt(2.0))))
+
+    return {"adaptive_conv": adaptive_conv, "resample_cols": resample_cols, "resample_rows": resample_rows,
+            "range_kernel": range_kernel, "gelu": gelu}
+
+
+_NUMBA = {}
+
+
+def _numba_kernels():
+    """The compiled loops, or None where numba is not installed (compiled on first use, once per process)."""
+    if "kernels" not in _NUMBA:
+        _NUMBA["kernels"] = _build_numba_kernels()
+    return _NUMBA["kernels"]
+
+
+def numba_available():
+    return _numba_kernels() is not None
+
+
+def adaptive_conv_channels_last(padded, kernel, use_numba=True):
+    """``out[n,i,j,c] = sum_{a,b} padded[n,i+a,j+b,c] * kernel[n,i,j,a*d+b]``; padded (N,H+2r,W+2r,C) float32."""
+    padded = np.ascontiguousarray(padded, np.float32)
+    kernel = np.ascontiguousarray(kernel, np.float32)
+    if use_numba and numba_available():
+        out = np.empty((*kernel.shape[:3], padded.shape[3]), np.float32)
+        _numba_kernels()["adaptive_conv"](padded, kernel, out)
+        return out
+    return _adaptive_conv_numpy(padded, kernel)
+
+
+def apply_stage_kernels(features, kernels, radius=5, use_numba=True):
+    """Run the 4 upsampling stages on channels-last features (N, h, w, C) with kernels [(N, 2^k h, 2^k w, d*d)]."""
+    x = np.ascontiguousarray(features, np.float32)
+    for kernel in kernels:
+        height, width = kernel.shape[1:3]
+        x = bicubic_resize(x, height, width)
+        x = np.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="reflect")
+        x = adaptive_conv_channels_last(x, kernel, use_numba)
+    return x
+
+
+def weights_from_upsampler(upsampler):
+    """The JBUOne parameters as float32 arrays (what a bundle's ``simfeatup_weights.npz`` holds)."""
+    stage = upsampler.up
+    arrays = {
+        "range_temp": stage.range_temp, "sigma_spatial": stage.sigma_spatial,
+        "range_w0": stage.range_proj[0].weight[:, :, 0, 0], "range_b0": stage.range_proj[0].bias,
+        "range_w1": stage.range_proj[3].weight[:, :, 0, 0], "range_b1": stage.range_proj[3].bias,
+        "fixup_w0": stage.fixup_proj[0].weight[:, :, 0, 0], "fixup_b0": stage.fixup_proj[0].bias,
+        "fixup_w1": stage.fixup_proj[3].weight[:, :, 0, 0], "fixup_b1": stage.fixup_proj[3].bias,
+        "projection_w": upsampler.fixup_proj[1].weight[:, :, 0, 0], "projection_b": upsampler.fixup_proj[1].bias,
+    }
+    return {name: value.detach().cpu().float().numpy() for name, value in arrays.items()}
+
+
+def _spatial_kernel(sigma, diameter):
+    offsets = np.linspace(-1, 1, diameter, dtype=np.float32)
+    squared = (offsets[:, None] ** 2 + offsets[None, :] ** 2).reshape(-1)
+    return np.exp(-squared / np.float32(2 * np.float32(sigma) ** 2)).astype(np.float32)
+
+
+def _conv1x1(x, weight, bias):
+    return (x.reshape(-1, x.shape[-1]) @ weight.T + bias).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def stage_kernel(guidance, weights, radius=5):
+    """One stage's filters, channels-last (N, H, W, d*d), for a channels-last guidance image (N, H, W, 3)."""
+    kernels = _numba_kernels()
+    gelu = kernels["gelu"]
+    keys = np.ascontiguousarray(_conv1x1(gelu(_conv1x1(guidance, weights["range_w0"], weights["range_b0"])),
+                                         weights["range_w1"], weights["range_b1"]), np.float32)
+    padded = np.pad(keys, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="reflect")
+    temperature = np.float32(min(max(math.exp(float(weights["range_temp"])), 1e-4), 1e4))
+    spatial = _spatial_kernel(weights["sigma_spatial"], 2 * radius + 1)
+    combined = np.empty((*keys.shape[:3], spatial.shape[0]), np.float32)
+    kernels["range_kernel"](padded, keys, temperature, spatial, combined)
+    fix = _conv1x1(gelu(_conv1x1(np.concatenate([combined, guidance], axis=-1), weights["fixup_w0"],
+                                  weights["fixup_b0"]).astype(np.float32)), weights["fixup_w1"], weights["fixup_b1"])
+    return combined + np.float32(0.1) * fix
+
+
+def stage_kernels(image, weights, radius=5):
+    """The four stages' filters for a normalised image (N, 3, H, W): guidance average-pooled by 8, 4, 2 and 1."""
+    guidance = np.ascontiguousarray(image.transpose(0, 2, 3, 1), np.float32)
+    out = []
+    for k in range(4):
+        factor = 2 ** (3 - k)
+        n, height, width, _ = guidance.shape
+        pooled = guidance.reshape(n, height // factor, factor, width // factor, factor, 3).mean(axis=(2, 4))
+        out.append(stage_kernel(np.ascontiguousarray(pooled, np.float32), weights, radius))
+    return out
