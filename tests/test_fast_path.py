@@ -77,7 +77,11 @@ def test_compiled_stage_kernels_equal_torch():
         ups.up.sigma_spatial.fill_(0.6)
         image = torch.randn(2, 3, 96, 64)
         expected = ups.stage_kernels(image)
-    ours = simfeatup_cpu.stage_kernels(image.numpy(), simfeatup_cpu.weights_from_upsampler(ups))
+    def correct(combined, guidance):
+        with torch.no_grad():
+            return ups.up.corrected_kernel_channels_last(torch.from_numpy(combined), torch.from_numpy(guidance)).numpy()
+
+    ours = simfeatup_cpu.stage_kernels(image.numpy(), simfeatup_cpu.weights_from_upsampler(ups), correct)
     for k, (a, b) in enumerate(zip(ours, expected, strict=True)):
         assert a.shape == (2, 12 * 2 ** k, 8 * 2 ** k, 121)
         np.testing.assert_allclose(a, b.permute(0, 2, 3, 1).numpy(), atol=2e-6)

@@ -60,6 +60,15 @@ class _Kernels(torch.nn.Module):
         return tuple(self.upsampler.stage_kernels(x))
 
 
+class _Fixup(torch.nn.Module):
+    def __init__(self, stage):
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, combined, guidance):
+        return self.stage.corrected_kernel_channels_last(combined, guidance)
+
+
 class _Apply(torch.nn.Module):
     def __init__(self, radius):
         super().__init__()
@@ -105,6 +114,11 @@ def _export_graphs(model, folder, window):
                    (["features", *kernel_names], ["upsampled"]),
                    {"features": {0: "batch", 1: "channels", 2: "grid_h", 3: "grid_w"}, **kernel_axes,
                     "upsampled": {0: "batch", 1: "channels", 2: "height", 3: "width"}})
+    taps = model.upsampler.up.diameter ** 2
+    pixels = {0: batch, 1: Dim("height", min=2), 2: Dim("width", min=2)}
+    _dynamo_export(_Fixup(model.upsampler.up), (torch.rand(2, 28, 28, taps), torch.randn(2, 28, 28, 3)),
+                   folder / bundle_files.FIXUP, {"combined": pixels, "guidance": pixels},
+                   (["combined", "guidance"], ["kernel"]))
     np.savez(folder / bundle_files.WEIGHTS, **weights_from_upsampler(model.upsampler))
 
 

@@ -40,7 +40,9 @@ class OnnxModel:
         if self.has_upsampler:
             with np.load(folder / bundle_files.WEIGHTS) as weights:
                 self.upsampler_weights = dict(weights)
-            if not self.compiled_upsampler:
+            if self.compiled_upsampler:
+                self.fixup = SESSIONS.get(folder / bundle_files.FIXUP, self.device)
+            else:
                 self.kernels = SESSIONS.get(folder / bundle_files.KERNELS, self.device)
                 self.apply = SESSIONS.get(folder / bundle_files.APPLY, self.device)
         positions = np.load(folder / bundle_files.POSITIONS)
@@ -79,13 +81,16 @@ class OnnxModel:
             return patch_grid_logits(cls, patches, text_features, gba_lambda)
         weights = self.upsampler_weights
         if self.compiled_upsampler:
-            kernels = simfeatup_cpu.stage_kernels(windows, weights)
+            kernels = simfeatup_cpu.stage_kernels(windows, weights, self._correct)
             upsample = lambda grid: simfeatup_cpu.apply_stage_kernels(grid, kernels)  # noqa: E731
         else:
             kernels = self.kernels.run(None, {"x": windows})
             upsample = lambda grid: self._apply_graph(grid, kernels)  # noqa: E731
         return upsampled_logits(cls, patches, text_features, gba_lambda, weights["projection_w"],
                                 weights["projection_b"], upsample)
+
+    def _correct(self, combined, guidance):
+        return self.fixup.run(None, {"combined": combined, "guidance": guidance})[0]
 
     def _apply_graph(self, grid, kernels):
         feeds = {"features": np.ascontiguousarray(grid.transpose(0, 3, 1, 2))}

@@ -65,6 +65,13 @@ class JBULearnedRange(nn.Module):
         combined = combined / combined.sum(1, keepdim=True).clamp(1e-7)
         return combined + 0.1 * self.fixup_proj(torch.cat([combined, guidance], dim=1))
 
+    def corrected_kernel_channels_last(self, combined, guidance):
+        """``kernel``'s last step on channels-last tensors: the normalised filter (B, H, W, d*d) plus 0.1 times the
+        learned correction of [filter; guidance (B, H, W, 3)]."""
+        first, second = self.fixup_proj[0], self.fixup_proj[3]
+        hidden = F.linear(torch.cat([combined, guidance], dim=-1), first.weight[:, :, 0, 0], first.bias)
+        return combined + 0.1 * F.linear(F.gelu(hidden), second.weight[:, :, 0, 0], second.bias)
+
     def forward(self, source, guidance):
         height, width = guidance.shape[2:]
         upsampled = F.interpolate(source, (height, width), mode="bicubic", align_corners=False)

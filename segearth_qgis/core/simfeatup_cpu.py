@@ -207,14 +207,12 @@ def apply_stage_kernels(features, kernels, radius=5, use_numba=True):
 
 
 def weights_from_upsampler(upsampler):
-    """The JBUOne parameters as float32 arrays (what a bundle's ``simfeatup_weights.npz`` holds)."""
+    """The JBUOne parameters the CPU path needs beside the graphs, as float32 arrays (``simfeatup_weights.npz``)."""
     stage = upsampler.up
     arrays = {
         "range_temp": stage.range_temp, "sigma_spatial": stage.sigma_spatial,
         "range_w0": stage.range_proj[0].weight[:, :, 0, 0], "range_b0": stage.range_proj[0].bias,
         "range_w1": stage.range_proj[3].weight[:, :, 0, 0], "range_b1": stage.range_proj[3].bias,
-        "fixup_w0": stage.fixup_proj[0].weight[:, :, 0, 0], "fixup_b0": stage.fixup_proj[0].bias,
-        "fixup_w1": stage.fixup_proj[3].weight[:, :, 0, 0], "fixup_b1": stage.fixup_proj[3].bias,
         "projection_w": upsampler.fixup_proj[1].weight[:, :, 0, 0], "projection_b": upsampler.fixup_proj[1].bias,
     }
     return {name: value.detach().cpu().float().numpy() for name, value in arrays.items()}
@@ -227,32 +225,37 @@ def _spatial_kernel(sigma, diameter):
 
 
 def _conv1x1(x, weight, bias):
-    return (x.reshape(-1, x.shape[-1]) @ weight.T + bias).reshape(*x.shape[:-1], weight.shape[0])
+    out = x.reshape(-1, x.shape[-1]) @ np.ascontiguousarray(weight.T)
+    out += bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-def stage_kernel(guidance, weights, radius=5):
-    """One stage's filters, channels-last (N, H, W, d*d), for a channels-last guidance image (N, H, W, 3)."""
+def normalised_range_kernel(guidance, weights, radius=5):
+    """A stage's filter before its learned correction, channels-last (N, H, W, d*d), from guidance (N, H, W, 3)."""
     kernels = _numba_kernels()
-    gelu = kernels["gelu"]
-    keys = np.ascontiguousarray(_conv1x1(gelu(_conv1x1(guidance, weights["range_w0"], weights["range_b0"])),
-                                         weights["range_w1"], weights["range_b1"]), np.float32)
+    keys = _conv1x1(kernels["gelu"](_conv1x1(guidance, weights["range_w0"], weights["range_b0"])),
+                    weights["range_w1"], weights["range_b1"])
+    keys = np.ascontiguousarray(keys, np.float32)
     padded = np.pad(keys, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="reflect")
     temperature = np.float32(min(max(math.exp(float(weights["range_temp"])), 1e-4), 1e4))
     spatial = _spatial_kernel(weights["sigma_spatial"], 2 * radius + 1)
     combined = np.empty((*keys.shape[:3], spatial.shape[0]), np.float32)
     kernels["range_kernel"](padded, keys, temperature, spatial, combined)
-    fix = _conv1x1(gelu(_conv1x1(np.concatenate([combined, guidance], axis=-1), weights["fixup_w0"],
-                                  weights["fixup_b0"]).astype(np.float32)), weights["fixup_w1"], weights["fixup_b1"])
-    return combined + np.float32(0.1) * fix
+    return combined
 
 
-def stage_kernels(image, weights, radius=5):
-    """The four stages' filters for a normalised image (N, 3, H, W): guidance average-pooled by 8, 4, 2 and 1."""
+def stage_kernels(image, weights, correct, radius=5):
+    """The four stages' filters, channels-last, for a normalised image (N, 3, H, W).
+
+    The guidance of stage k is the image average-pooled by 2^(3-k); ``correct(filter, guidance)`` applies the learned
+    correction (a BLAS-heavy MLP: onnxruntime or torch run it faster than numpy here).
+    """
     guidance = np.ascontiguousarray(image.transpose(0, 2, 3, 1), np.float32)
     out = []
     for k in range(4):
         factor = 2 ** (3 - k)
         n, height, width, _ = guidance.shape
         pooled = guidance.reshape(n, height // factor, factor, width // factor, factor, 3).mean(axis=(2, 4))
-        out.append(stage_kernel(np.ascontiguousarray(pooled, np.float32), weights, radius))
+        pooled = np.ascontiguousarray(pooled, np.float32)
+        out.append(np.ascontiguousarray(correct(normalised_range_kernel(pooled, weights, radius), pooled)))
     return out

@@ -167,7 +167,7 @@ class SegEarthModel(nn.Module):
                 return patch_grid_logits(cls, patches, text_features, gba_lambda)
             weight, bias = (t.double().cpu().numpy() for t in self.upsampler.projection())
             if self.device.type == "cpu" and simfeatup_cpu.numba_available():
-                kernels = simfeatup_cpu.stage_kernels(windows, self._upsampler_weights())
+                kernels = simfeatup_cpu.stage_kernels(windows, self._upsampler_weights(), self._correct)
                 upsample = lambda grid: simfeatup_cpu.apply_stage_kernels(grid, kernels)  # noqa: E731
             else:
                 kernels = self.upsampler.stage_kernels(x)
@@ -178,6 +178,11 @@ class SegEarthModel(nn.Module):
         if self._cpu_weights is None:
             self._cpu_weights = simfeatup_cpu.weights_from_upsampler(self.upsampler)
         return self._cpu_weights
+
+    def _correct(self, combined, guidance):
+        with torch.inference_mode():
+            return self.upsampler.up.corrected_kernel_channels_last(torch.from_numpy(combined),
+                                                                    torch.from_numpy(guidance)).numpy()
 
     def _apply_in_torch(self, grid, kernels):
         source = torch.from_numpy(grid).to(self.device).permute(0, 3, 1, 2)
