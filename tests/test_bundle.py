@@ -182,3 +182,33 @@ def test_tokenizer_matches_open_clip():
     texts = ["a photo of a building.", "  Water,   RIVER!! ", "résidence & café 3rd-floor", "it's a tree's leaf",
              "x" * 400, "", "a tattoo of the parking lot."]
     np.testing.assert_array_equal(ClipTokenizer(default_bpe())(texts), tokenize(texts).numpy())
+
+
+def test_vit_b16_sized_export_through_the_cli(tmp_path):
+    """A ViT-B/16-sized random model exported by `build.py export` (run apart: dynamo export holds GBs), then the
+    ONNX backend against the torch reference order on a 224 x 224 window."""
+    import torch
+
+    from segearth_qgis.core import JBUOne, SegEarthModel
+    from segearth_qgis.core.torch_model import build_clip
+
+    torch.manual_seed(0)
+    clip, ups = build_clip("ViT-B-16", quick_gelu=True), JBUOne(512)
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    torch.save({"state_dict": {f"upsampler.{k}": v for k, v in ups.state_dict().items()}}, tmp_path / "ups.ckpt")
+    run = subprocess.run([sys.executable, "-m", "segearth_qgis.cli", "export", "--clip", str(tmp_path / "clip.pt"),
+                          "--upsampler", str(tmp_path / "ups.ckpt"), "--arch", "ViT-B-16", "--quick-gelu",
+                          "--no-checkpoints", "--out", str(tmp_path / "b16")], capture_output=True, text=True,
+                         timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "logits_224x224" in run.stdout and "bundle written" in run.stdout
+    onnx_model = load_bundle(tmp_path / "b16", backend="onnx", device="cpu")
+    reference = SegEarthModel(clip, ups)
+    windows = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    text = reference.text_features(VOCAB.queries)
+    np.testing.assert_allclose(onnx_model.text_features(VOCAB.queries), text, atol=1e-5)
+    with torch.no_grad():
+        expected = reference.reference_order_logits(torch.from_numpy(windows), torch.from_numpy(text), 0.3).numpy()
+    ours = onnx_model.window_logits(windows, text, 0.3)
+    assert np.abs(ours - expected).max() < 1e-4
+    assert (ours.argmax(1) == expected.argmax(1)).mean() >= 0.9999

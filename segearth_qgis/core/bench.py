@@ -102,7 +102,8 @@ def speed(arch="ViT-B-16", size=448, runs=1, log=print):
     reference = results["reference_order"]
     log(f"{arch} (seeded random weights), {size}x{size} synthetic image -> 448 on the longer side, {windows} windows "
         f"of 224, {len(Vocabulary.parse(VOCABULARY).queries)} queries, CPU float32, best of {runs}")
-    log(f"{'implementation':<17}{'batch':>6}{'windows/s':>11}{'s/image':>10}{'peak RSS':>11}{'labels = (a)':>14}  runtime")
+    header = f"{'implementation':<17}{'batch':>6}{'windows/s':>11}{'s/image':>10}{'peak RSS':>11}{'labels = (a)':>14}"
+    log(f"{header}  runtime")
     equal = {}
     for name, result in results.items():
         equal[name] = 100.0 * float((result["labels"] == reference["labels"]).mean())
