@@ -92,10 +92,18 @@ class OnnxModel:
     def _correct(self, combined, guidance):
         return self.fixup.run(None, {"combined": combined, "guidance": guidance})[0]
 
-    def _apply_graph(self, grid, kernels):
-        feeds = {"features": np.ascontiguousarray(grid.transpose(0, 3, 1, 2))}
-        feeds.update({f"kernel{i + 1}": k for i, k in enumerate(kernels)})
-        return np.ascontiguousarray(self.apply.run(None, feeds)[0].transpose(0, 2, 3, 1))
+    def _apply_graph(self, grid, kernels, channels_per_run=32):
+        """The apply graph per window and per 32 channels (exact: every channel is filtered alike). onnxruntime runs
+        the graph's 121 slices of a stage as soon as they are ready, so its memory grows with the channels fed."""
+        batch, height, width, rank = grid.shape
+        out = np.empty((batch, 16 * height, 16 * width, rank), np.float32)
+        for n in range(batch):
+            feeds = {f"kernel{i + 1}": np.ascontiguousarray(k[n:n + 1]) for i, k in enumerate(kernels)}
+            for start in range(0, rank, channels_per_run):
+                chunk = grid[n:n + 1, :, :, start:start + channels_per_run]
+                feeds["features"] = np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))
+                out[n, :, :, start:start + channels_per_run] = self.apply.run(None, feeds)[0][0].transpose(1, 2, 0)
+        return out
 
     def text_features(self, queries):
         """Per query: the manifest's prompt templates, embeddings normalised, averaged, normalised: (Q, D)."""
