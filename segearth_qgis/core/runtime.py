@@ -114,10 +114,6 @@ class SessionCache:
                 self._sessions[key] = create_session(path, device)
             return self._sessions[key]
 
-    def clear(self):
-        with self._lock:
-            self._sessions.clear()
-
 
 SESSIONS = SessionCache()
 

@@ -1,10 +1,10 @@
 """SimFeatUp on the CPU without torch: the per-pixel 11x11 kernels from the guidance image, and their application.
 
 Per-pixel loops over 121 neighbours (the range kernel's dot products and softmax, the adaptive convolution, bicubic
-x2) run numba-compiled and channels-last when numba is installed: onnxruntime and torch execute them as 121
-whole-tensor slices, which is memory-bound and about 10-20x slower on a CPU. The 1x1 convolutions are BLAS matrix
-products. Without numba the application falls back to numpy multiply-adds (the kernels then come from torch or
-onnxruntime). Sums run in the same tap order as the official code.
+x2) run numba-compiled and channels-last: onnxruntime and torch execute them as 121 whole-tensor slices, which is
+memory-bound and about 10-20x slower on a CPU. Where numba is not installed the backends keep SimFeatUp in their
+graphs instead (``numba_available``); only the bicubic resize has a numpy fallback, for positional embeddings.
+Sums run in the same tap order as the official code.
 """
 
 import math
@@ -56,16 +56,6 @@ def bicubic_resize(array, out_h, out_w, scale_h=None, scale_w=None):
         return out
     horizontal = sum(array[..., cols[:, k], :] * wx[:, k, None] for k in range(4))
     return sum(horizontal[..., rows[:, k], :, :] * wy[:, k, None, None] for k in range(4)).astype(np.float32)
-
-
-def _adaptive_conv_numpy(padded, kernel):
-    batch, height, width, taps = kernel.shape
-    diameter = int(round(taps ** 0.5))
-    out = np.zeros((batch, height, width, padded.shape[-1]), np.float32)
-    for a in range(diameter):
-        for b in range(diameter):
-            out += padded[:, a:a + height, b:b + width, :] * kernel[:, :, :, a * diameter + b, None]
-    return out
 
 
 def _build_numba_kernels():
@@ -184,25 +174,22 @@ def numba_available():
     return _numba_kernels() is not None
 
 
-def adaptive_conv_channels_last(padded, kernel, use_numba=True):
+def adaptive_conv_channels_last(padded, kernel):
     """``out[n,i,j,c] = sum_{a,b} padded[n,i+a,j+b,c] * kernel[n,i,j,a*d+b]``; padded (N,H+2r,W+2r,C) float32."""
-    padded = np.ascontiguousarray(padded, np.float32)
-    kernel = np.ascontiguousarray(kernel, np.float32)
-    if use_numba and numba_available():
-        out = np.empty((*kernel.shape[:3], padded.shape[3]), np.float32)
-        _numba_kernels()["adaptive_conv"](padded, kernel, out)
-        return out
-    return _adaptive_conv_numpy(padded, kernel)
+    out = np.empty((*kernel.shape[:3], padded.shape[3]), np.float32)
+    _numba_kernels()["adaptive_conv"](np.ascontiguousarray(padded, np.float32),
+                                      np.ascontiguousarray(kernel, np.float32), out)
+    return out
 
 
-def apply_stage_kernels(features, kernels, radius=5, use_numba=True):
+def apply_stage_kernels(features, kernels, radius=5):
     """Run the 4 upsampling stages on channels-last features (N, h, w, C) with kernels [(N, 2^k h, 2^k w, d*d)]."""
     x = np.ascontiguousarray(features, np.float32)
     for kernel in kernels:
         height, width = kernel.shape[1:3]
         x = bicubic_resize(x, height, width)
         x = np.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="reflect")
-        x = adaptive_conv_channels_last(x, kernel, use_numba)
+        x = adaptive_conv_channels_last(x, kernel)
     return x
 
 
