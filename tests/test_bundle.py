@@ -158,6 +158,9 @@ def test_export_refuses_outputs_beyond_the_tolerance(tiny_checkpoints, tmp_path)
         export_bundle(tiny_checkpoints["clip"], None, tiny_checkpoints["arch"], tmp_path / "strict", tolerance=0.0,
                       log=messages.append)
     assert not list(tmp_path.iterdir())
+    from segearth_qgis.core.runtime import SESSIONS
+
+    assert not any(str(tmp_path) in path for path, _ in SESSIONS._sessions)
     assert any("tolerance 0" in m and "patches_224x224" in m for m in messages)
 
 

@@ -22,6 +22,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch.export import Dim
 
 from . import bundle as bundle_files
+from .runtime import SESSIONS
 from .simfeatup import apply_stage_kernels
 from .simfeatup_cpu import weights_from_upsampler
 from .torch_model import REFERENCE_MEAN, REFERENCE_STD, load_model_from_checkpoints, model_config
@@ -226,6 +227,7 @@ def export_bundle(clip, upsampler, arch, out, quick_gelu=True, attention="SegEar
             shutil.rmtree(out)
         os.replace(partial, out)
     finally:
+        SESSIONS.release(partial)
         shutil.rmtree(partial, ignore_errors=True)
     log(f"bundle written: {out}")
     if make_zip:

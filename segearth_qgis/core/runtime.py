@@ -114,6 +114,13 @@ class SessionCache:
                 self._sessions[key] = create_session(path, device)
             return self._sessions[key]
 
+    def release(self, folder):
+        """Forget the sessions of every file under ``folder`` (the export's check runs on a folder then renamed)."""
+        prefix = str(folder).rstrip("/") + "/"
+        with self._lock:
+            for key in [k for k in self._sessions if k[0].startswith(prefix)]:
+                del self._sessions[key]
+
 
 SESSIONS = SessionCache()
 
