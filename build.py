@@ -6,13 +6,16 @@ Debian's /usr/bin/python3 (the interpreter QGIS embeds), kept outside the checko
 """
 
 import argparse
+import configparser
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -29,10 +32,16 @@ print(f"environment ok: QGIS {qgis.core.Qgis.QGIS_VERSION}, numpy {numpy.__versi
 
 
 CLI_COMMANDS = {
-    "demo": "segment a generated image with a seeded random model (the README's main job)",
+    "segment": "segment a raster into a classified GeoTIFF without QGIS (see segment --help)",
     "export": "export checkpoints to a validated ONNX model bundle",
-    "bench": "benchmarks that print figures (bench speed)",
+    "bench": "benchmarks that print figures (bench speed, bench memory)",
 }
+PACKAGE_LIMIT_BYTES = 25 * 1024 * 1024
+PACKAGE_FORBIDDEN = {".so", ".pyd", ".dll", ".dylib", ".exe", ".bin", ".onnx", ".pt", ".pth", ".ckpt", ".npz", ".npy",
+                     ".safetensors", ".pyc", ".zip", ".whl"}
+METADATA_REQUIRED = ["name", "qgisMinimumVersion", "description", "about", "version", "author"]
+METADATA_FOR_UPLOAD = ["email", "repository", "tracker"]
+DEMO_OUT = ROOT / "out" / "demo"
 
 
 class SetupError(RuntimeError):
@@ -162,6 +171,92 @@ def stage_plugin(destination):
     return target
 
 
+def qgis_env(venv, work):
+    """qgis_process.bin with the plugin staged from this checkout, in an isolated profile under ``work``."""
+    stage_plugin(work / "plugins")
+    env = project_env(venv)
+    env.update(QGIS_PLUGINPATH=str(work / "plugins"), QGIS_CUSTOM_CONFIG_PATH=str(work / "profile"))
+    enable = subprocess.run(["qgis_process.bin", "plugins", "enable", "segearth_qgis"], env=env, cwd=ROOT,
+                            capture_output=True, text=True)
+    if enable.returncode:
+        raise SetupError(f"qgis_process.bin could not enable the staged plugin:\n{enable.stdout}{enable.stderr}")
+    return env
+
+
+def run_qgis(venv, args):
+    try:
+        env = qgis_env(venv, ROOT / "out" / "qgis")
+    except SetupError as error:
+        say(str(error))
+        return 1
+    return subprocess.run(["qgis_process.bin", *args], env=env, cwd=ROOT).returncode
+
+
+def demo(venv):
+    """The main job: segearth:segment through qgis_process.bin on a generated GeoTIFF, then a PNG preview."""
+    python = str(venv / "bin" / "python")
+    prepared = subprocess.run([python, "-m", "segearth_qgis.cli", "demo-prepare", "--out", str(DEMO_OUT)],
+                              env=project_env(venv), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if prepared.returncode:
+        return prepared.returncode
+    job = json.loads(prepared.stdout.strip().splitlines()[-1])
+    for stale in DEMO_OUT.glob("classes.*"):
+        stale.unlink()
+    try:
+        env = qgis_env(venv, ROOT / "out" / "qgis")
+    except SetupError as error:
+        say(str(error))
+        return 1
+    parameters = {"INPUT": job["input"], "CLASSES": job["classes"], "MODEL": job["model"], "DEVICE": "auto",
+                  "OUTPUT": DEMO_OUT / "classes.tif", "OUTPUT_VECTOR": DEMO_OUT / "classes.gpkg",
+                  "OUTPUT_AREAS": DEMO_OUT / "areas.csv"}
+    say("qgis_process.bin run segearth:segment " + " ".join(f"--{k}={v!r}" for k, v in parameters.items()))
+    code = subprocess.run(["qgis_process.bin", "run", "segearth:segment", "--",
+                           *(f"{k}={v}" for k, v in parameters.items())], env=env, cwd=ROOT).returncode
+    if code:
+        say(f"qgis_process.bin exited with {code}")
+        return code
+    preview = [python, "-m", "segearth_qgis.cli", "demo-preview", "--out", str(DEMO_OUT)]
+    return subprocess.run(preview + (["--random-weights"] if job["random_weights"] else []),
+                          env=project_env(venv), cwd=ROOT).returncode
+
+
+def read_metadata():
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(ROOT / "metadata.txt", encoding="utf-8")
+    return parser["general"]
+
+
+def package(out_dir):
+    """The plugin zip for the plugin manager: staged folder, metadata checked, no binaries, at most 25 MB."""
+    metadata = read_metadata()
+    missing = [key for key in METADATA_REQUIRED if not metadata.get(key, "").strip()]
+    if missing:
+        raise SetupError(f"metadata.txt lacks {', '.join(missing)}")
+    for key in METADATA_FOR_UPLOAD:
+        if not metadata.get(key, "").strip():
+            say(f"note: metadata.txt has no {key}; plugins.qgis.org needs one before an upload")
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="segearth-package-") as work:
+        staged = stage_plugin(work)
+        forbidden = [p for p in staged.rglob("*") if p.suffix.lower() in PACKAGE_FORBIDDEN]
+        if forbidden:
+            raise SetupError(f"binaries do not belong in the plugin zip: {', '.join(map(str, forbidden))}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / f"segearth_qgis-{metadata['version']}.zip"
+        temp = target.with_suffix(".zip.partial")
+        with zipfile.ZipFile(temp, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(staged.rglob("*")):
+                archive.write(path, path.relative_to(staged.parent).as_posix())
+        size = temp.stat().st_size
+        if size > PACKAGE_LIMIT_BYTES:
+            temp.unlink()
+            raise SetupError(f"the plugin zip would be {size / 2**20:.1f} MB, over the 25 MB limit")
+        os.replace(temp, target)
+    say(f"package: {target} ({size / 1024:.0f} kB, version {metadata['version']})")
+    return target
+
+
 def run_in_env(venv, command, extra_env=None):
     env = project_env(venv)
     env.update(extra_env or {})
@@ -192,6 +287,11 @@ def main(argv=None):
     test_parser = sub.add_parser("test", help="set up, lint, then run the whole test suite headless")
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments after --")
     sub.add_parser("lint", help="ruff over the whole tree")
+    sub.add_parser("demo", help="the main job: segearth:segment via qgis_process on a generated GeoTIFF, a preview")
+    qgis_parser = sub.add_parser("qgis", help="qgis_process.bin with this checkout's plugin in an isolated profile")
+    qgis_parser.add_argument("qgis_args", nargs=argparse.REMAINDER, help="after --, e.g. -- run segearth:segment ...")
+    package_parser = sub.add_parser("package", help="build the plugin zip (out/segearth_qgis-VERSION.zip)")
+    package_parser.add_argument("--out", default=str(ROOT / "out"), help="folder for the zip")
     for name, text in CLI_COMMANDS.items():
         cli_parser = sub.add_parser(name, help=text, add_help=False)
         cli_parser.add_argument("cli_args", nargs=argparse.REMAINDER, help="see: python3 build.py NAME --help")
@@ -214,6 +314,17 @@ def main(argv=None):
         return 0
     if args.command == "lint":
         return lint(venv)
+    if args.command == "demo":
+        return demo(venv)
+    if args.command == "qgis":
+        return run_qgis(venv, strip_separator(args.qgis_args))
+    if args.command == "package":
+        try:
+            package(args.out)
+        except SetupError as error:
+            say(f"package failed: {error}")
+            return 1
+        return 0
     if args.command == "test":
         return test(venv, strip_separator(args.pytest_args))
     if args.command in CLI_COMMANDS:

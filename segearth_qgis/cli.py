@@ -3,51 +3,144 @@
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 DEMO_CLASSES = "background\nbuilding,roof\nroad\nwater,river\ntree,forest\nfield,grass"
 RANDOM_MODEL_WARNING = """
 ************************************************************************************************
-*  WARNING: this demo runs a RANDOMLY INITIALISED model (seeded, tiny). Its classes are         *
-*  MEANINGLESS: the map shows that the pipeline runs end to end, not what is on the ground.    *
-*  Real mapping needs the real weights (CLIP ViT-B/16 'openai' + SimFeatUp); see README.md.    *
+*  WARNING: no real model is installed, so this demo runs a SMOKE BUNDLE of RANDOM weights      *
+*  (seeded, tiny). Its classes are MEANINGLESS: the map shows that the pipeline runs end to    *
+*  end, not what is on the ground. Real mapping needs the real weights (CLIP ViT-B/16          *
+*  'openai' + SimFeatUp) exported into the default model folder; see README.md.                *
 ************************************************************************************************
 """
 
 
-def demo(out_dir):
-    import numpy as np
+def demo_prepare(out_dir):
+    """Write the demo's GeoTIFF (a generated scene in UTM 32N) and pick its model; prints both as JSON."""
+    import json
 
-    from .core import Vocabulary, load_model_from_checkpoints, segment_image
-    from .core.preview import write_preview
-    from .core.random_model import write_random_checkpoints
+    from osgeo import gdal, osr
+
+    from .core.bundle import BundleError, default_bundle
     from .core.synthetic import synthetic_scene
 
-    print(RANDOM_MODEL_WARNING, file=sys.stderr)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rgb = synthetic_scene(480, 640, seed=0)
-    vocab = Vocabulary.parse(DEMO_CLASSES)
-    with tempfile.TemporaryDirectory(prefix="segearth-demo-model-") as weights:
-        model = load_model_from_checkpoints(**write_random_checkpoints(weights, seed=0), device="cpu")
+    scene = synthetic_scene(480, 640, seed=0)
+    path = out / "scene.tif"
+    dataset = gdal.GetDriverByName("GTiff").Create(str(path), 640, 480, 3, gdal.GDT_Byte, ["PHOTOMETRIC=RGB"])
+    dataset.SetGeoTransform((356000.0, 0.5, 0.0, 5645000.0, 0.0, -0.5))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(25832)
+    dataset.SetProjection(srs.ExportToWkt())
+    for band in range(3):
+        dataset.GetRasterBand(band + 1).WriteArray(scene[..., band])
+    dataset = None
+    try:
+        model, random_weights = str(default_bundle("optical")), False
+    except BundleError:
+        model, random_weights = str(smoke_bundle()), True
+        print(RANDOM_MODEL_WARNING, file=sys.stderr)
+    print(json.dumps({"input": str(path), "model": model, "random_weights": random_weights,
+                      "classes": DEMO_CLASSES}))
+    return 0
 
-    def progress(done, total):
-        print(f"\r  windows {done}/{total}", end="", file=sys.stderr, flush=True)
 
-    start = time.perf_counter()
-    result = segment_image(model, rgb, vocab, prob_threshold=0.0, background_index=0, progress=progress)
-    seconds = time.perf_counter() - start
-    print(file=sys.stderr)
-    labels_path = out / "labels.npy"
-    np.save(labels_path, result.labels.astype(np.uint8))
-    preview = write_preview(out / "preview.png", rgb, result.labels, vocab.class_names,
-                            "SegEarth-OV demo - RANDOM WEIGHTS: classes are meaningless")
-    print(f"segmented a generated {rgb.shape[1]}x{rgb.shape[0]} scene into {len(vocab)} classes in {seconds:.1f} s "
-          "(torch backend, cpu)")
-    print(f"preview: {preview}")
-    print(f"labels:  {labels_path}")
-    print(RANDOM_MODEL_WARNING, file=sys.stderr)
+def smoke_bundle():
+    """A tiny bundle of seeded random weights, exported once into the cache: it proves the pipeline, nothing more."""
+    from .core.bundle import MANIFEST, cache_root
+    from .core.export import export_bundle
+    from .core.random_model import write_random_checkpoints
+
+    folder = cache_root() / "smoke-bundle-random-weights-v1"
+    if (folder / MANIFEST).is_file():
+        return folder
+    print(f"exporting the smoke bundle (random weights) to {folder} once (~30 s)", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="segearth-smoke-") as weights:
+        checkpoints = write_random_checkpoints(weights, seed=0)
+        export_bundle(checkpoints["clip"], checkpoints["upsampler"], checkpoints["arch"], folder, quick_gelu=True,
+                      source={"name": "seeded random weights (smoke test only, meaningless classes)"},
+                      keep_checkpoints=False, overwrite=True, log=lambda _: None)
+    return folder
+
+
+def demo_preview(out_dir, random_weights):
+    from osgeo import gdal
+
+    from .core.preview import write_preview
+    from .core.raster import read_class_table
+
+    out = Path(out_dir)
+    scene = gdal.Open(str(out / "scene.tif")).ReadAsArray().transpose(1, 2, 0)
+    labels = gdal.Open(str(out / "classes.tif")).ReadAsArray()
+    names, _ = read_class_table(out / "classes.tif")
+    title = "SegEarth-OV demo" + (" - RANDOM WEIGHTS: classes are meaningless" if random_weights else "")
+    preview = write_preview(out / "preview.png", scene, labels, names, title)
+    for name in ("scene.tif", "classes.tif", "classes.qml", "classes.gpkg", "areas.csv"):
+        print(f"{name:12s} {out / name}")
+    print(f"{'preview':12s} {preview}")
+    if random_weights:
+        print(RANDOM_MODEL_WARNING, file=sys.stderr)
+    return 0
+
+
+class ConsoleFeedback:
+    """The pipeline's feedback on a terminal: a progress bar on stderr, messages as lines; Ctrl+C cancels."""
+
+    def __init__(self, quiet=False):
+        self.quiet = quiet
+        self.interrupted = False
+
+    def progress(self, fraction):
+        if not self.quiet:
+            filled = int(30 * fraction)
+            print(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:5.1f} %", end="", file=sys.stderr,
+                  flush=True)
+            if fraction >= 1:
+                print(file=sys.stderr)
+
+    def cancelled(self):
+        return self.interrupted
+
+    def info(self, text):
+        if not self.quiet:
+            print(text, file=sys.stderr)
+
+    def warn(self, text):
+        print(f"warning: {text}", file=sys.stderr)
+
+
+def segment(args):
+    """The Processing algorithm's pipeline without QGIS: GDAL in, GeoTIFF (and polygons) out."""
+    from .core.bundle import BundleError, load_model
+    from .core.pipeline import SegmentOutputs, resolve_options, segment_raster
+    from .core.raster import RasterInputError
+    from .core.runtime import DeviceUnavailable
+    from .core.segment import Cancelled
+
+    feedback = ConsoleFeedback(args.quiet)
+    try:
+        options, modality, notes = resolve_options(
+            classes=args.classes.replace("\\n", "\n") if args.classes else None, preset=args.preset,
+            threshold=args.threshold, background=args.background, gba_lambda=args.gba_lambda, window=args.window,
+            stride=args.stride, resolution=args.resolution, bands=args.bands,
+            extent=tuple(args.extent) if args.extent else None)
+        for note in notes:
+            feedback.info(note)
+        model = load_model(args.model, modality, args.backend, args.device)
+        feedback.info(f"runtime: {model.runtime}")
+        outputs = SegmentOutputs(args.output, confidence=args.confidence, vector=args.vector, areas_csv=args.areas,
+                                 simplify=args.simplify, min_area_m2=args.min_area)
+        result = segment_raster(model, args.input, outputs, options, feedback)
+    except (BundleError, DeviceUnavailable, RasterInputError, ValueError, ImportError) as error:
+        print(f"segment failed: {error}", file=sys.stderr)
+        return 1
+    except (Cancelled, KeyboardInterrupt):
+        print("cancelled: no output was written", file=sys.stderr)
+        return 130
+    for kind, path in result.outputs.items():
+        print(f"{kind}: {path}")
     return 0
 
 
@@ -74,8 +167,34 @@ def bench(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="segearth_qgis.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo_parser = sub.add_parser("demo", help="segment a generated scene with a seeded random model")
-    demo_parser.add_argument("--out", default="out/demo")
+    prepare = sub.add_parser("demo-prepare", help="write the demo's GeoTIFF and choose its model (JSON on stdout)")
+    prepare.add_argument("--out", default="out/demo")
+    preview = sub.add_parser("demo-preview", help="the demo's PNG preview from its outputs")
+    preview.add_argument("--out", default="out/demo")
+    preview.add_argument("--random-weights", action="store_true")
+    seg = sub.add_parser("segment", help="segment a raster into a classified GeoTIFF (the algorithm's pipeline)")
+    seg.add_argument("input", help="any raster GDAL opens")
+    seg.add_argument("output", help="the classified GeoTIFF to write")
+    seg.add_argument("--classes", help="one class per line (or '\\n' between classes), commas between synonyms")
+    seg.add_argument("--preset", help="an official dataset preset, e.g. openearthmap, loveda, potsdam")
+    seg.add_argument("--model", help="model bundle folder, manifest.json or zip (default: the installed model)")
+    seg.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    seg.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    seg.add_argument("--resolution", type=float, default=0.0, help="processing resolution in metres (0: native)")
+    seg.add_argument("--bands", type=int, nargs="+", help="1-based bands used as red, green, blue")
+    seg.add_argument("--extent", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+                     help="part of the raster, in its CRS")
+    seg.add_argument("--threshold", type=float, help="background probability threshold (default 0 or the preset's)")
+    seg.add_argument("--background", help="the class taking pixels below the threshold")
+    seg.add_argument("--gba-lambda", type=float)
+    seg.add_argument("--window", type=int)
+    seg.add_argument("--stride", type=int)
+    seg.add_argument("--vector", help="also write polygons (.gpkg, .shp, .geojson, .fgb)")
+    seg.add_argument("--confidence", help="also write the winning class's probability as a float32 GeoTIFF")
+    seg.add_argument("--areas", help="also write the class areas as CSV")
+    seg.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance (layer units)")
+    seg.add_argument("--min-area", type=float, default=0.0, help="minimum polygon area in m2")
+    seg.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     exp = sub.add_parser("export", help="export checkpoints to a validated ONNX bundle")
     exp.add_argument("--clip", required=True, help="open_clip CLIP state dict (.pt, .bin, .safetensors)")
     exp.add_argument("--upsampler", help="SimFeatUp checkpoint (Lightning format); omit for no upsampler")
@@ -96,8 +215,12 @@ def main(argv=None):
     bench_parser.add_argument("--size", type=int, default=448, help="side of the square test image")
     bench_parser.add_argument("--runs", type=int, default=1, help="timed runs per implementation (best is kept)")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo(args.out)
+    if args.command == "demo-prepare":
+        return demo_prepare(args.out)
+    if args.command == "demo-preview":
+        return demo_preview(args.out, args.random_weights)
+    if args.command == "segment":
+        return segment(args)
     if args.command == "export":
         return export(args)
     return bench(args)

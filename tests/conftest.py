@@ -52,3 +52,31 @@ def tiny_bundle(tiny_checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "tiny-optical"
     return export_bundle(tiny_checkpoints["clip"], tiny_checkpoints["upsampler"], tiny_checkpoints["arch"], out,
                          quick_gelu=True, make_zip=True, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def segearth_processing(qgis_app):
+    """Processing initialised headless with the segearth provider registered once for the session."""
+    import sys
+
+    from qgis.core import QgsApplication
+
+    sys.path.append("/usr/share/qgis/python/plugins")
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("segearth") is None:
+        from segearth_qgis.processing.provider import SegEarthProvider
+
+        provider = SegEarthProvider()
+        registry.addProvider(provider)
+    return registry.providerById("segearth")
+
+
+@pytest.fixture(scope="session")
+def artefacts():
+    """Screenshots and other files a person may want to look at after the run: out/test-artefacts."""
+    folder = ROOT / "out" / "test-artefacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -63,10 +63,22 @@ def read_manifest(folder):
     return manifest
 
 
+_VERIFIED = {}
+
+
+def _signature(folder, manifest):
+    """Sizes and modification times of the manifest and every listed file: unchanged means already verified."""
+    paths = [folder / MANIFEST, *(folder / name for name in manifest["files"])]
+    return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None for p in paths)
+
+
 def verify_bundle(folder):
-    """Check every listed file's presence and SHA-256; returns the manifest."""
-    folder = Path(folder)
+    """Check every listed file's presence and SHA-256 (once per process while the files stay unchanged)."""
+    folder = Path(folder).resolve()
     manifest = read_manifest(folder)
+    signature = _signature(folder, manifest)
+    if _VERIFIED.get(folder) == signature:
+        return manifest
     for name, entry in manifest["files"].items():
         path = folder / name
         if not path.is_file():
@@ -74,7 +86,38 @@ def verify_bundle(folder):
         if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             raise BundleError(f"bundle {folder.name}: {name} does not match its SHA-256 in {MANIFEST} (damaged or "
                               "altered); copy or download the bundle again")
+    _VERIFIED[folder] = signature
     return manifest
+
+
+DEFAULT_BUNDLES = {"optical": "segearth-ov-vit-b-16", "sar": "alignearth-sar-vit-b-16"}
+
+
+def model_store():
+    """Where installed models live: ``SEGEARTH_MODEL_DIR``, else the user's data folder (outside the plugin, so
+    upgrading the plugin keeps them)."""
+    override = os.environ.get("SEGEARTH_MODEL_DIR")
+    if override:
+        return Path(override)
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "segearth-qgis" / "models"
+
+
+def default_bundle(modality):
+    """The installed default bundle for ``optical`` or ``sar`` imagery; BundleError saying how to get one."""
+    if modality not in DEFAULT_BUNDLES:
+        raise ValueError(f"modality must be optical or sar, not {modality!r}")
+    folder = model_store() / DEFAULT_BUNDLES[modality]
+    if (folder / MANIFEST).is_file():
+        return folder
+    raise BundleError(f"no default {modality} model is installed (looked for {folder}). Choose a model bundle "
+                      "(a folder with manifest.json, or its .zip) as MODEL, or export the official weights into "
+                      f"that folder: python3 build.py export ... --out {folder} (README: Model bundles)")
+
+
+def load_model(path=None, modality="optical", backend="auto", device="auto"):
+    """``load_bundle`` of ``path``, or of the installed default model for ``modality`` when ``path`` is empty."""
+    return load_bundle(path or default_bundle(modality), backend, device)
 
 
 def cache_root():
@@ -82,8 +125,10 @@ def cache_root():
 
 
 def resolve_bundle(path):
-    """A bundle folder for ``path``: the folder itself, or a zip unpacked once into the cache (keyed by its hash)."""
+    """A bundle folder for ``path``: the folder itself (or its manifest), or a zip unpacked once into the cache."""
     path = Path(path)
+    if path.name == MANIFEST and path.is_file():
+        path = path.parent
     if path.is_dir():
         return path
     if not path.is_file() or not zipfile.is_zipfile(path):

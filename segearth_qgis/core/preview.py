@@ -1,24 +1,8 @@
-"""Class colours and a PNG preview (the input beside the coloured classes, with a legend) for people to look at."""
+"""A PNG preview (the input beside the coloured classes, with a legend) for people to look at."""
 
 import numpy as np
 
-_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-           (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-           (0, 0, 128), (128, 128, 128)]
-_BACKGROUND_NAMES = {"background", "clutter", "others", "other", "unclassified"}
-
-
-def class_colors(class_names):
-    """One RGB colour per class: grey for background-like names, a fixed distinct palette for the rest."""
-    colors, k = [], 0
-    for name in class_names:
-        if name.strip().lower() in _BACKGROUND_NAMES:
-            colors.append((160, 160, 160))
-        else:
-            colors.append(_COLORS[k % len(_COLORS)])
-            k += 1
-    return colors
+from .style import class_colors
 
 
 def write_preview(path, rgb, labels, class_names, title=""):

@@ -62,7 +62,8 @@ def rescale_uint8(image, longer_side):
     return resize_uint8_like_cv2(image, height, width)
 
 
-def _bilinear_taps(dst_len, src_len):
+def bilinear_taps(dst_len, src_len):
+    """torch's align_corners=False taps for one axis: first and second source index and the second's weight."""
     scale = np.float32(src_len / dst_len)
     pos = np.maximum((np.arange(dst_len, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
     index = np.minimum(pos.astype(np.int64), src_len - 1)
@@ -70,13 +71,18 @@ def _bilinear_taps(dst_len, src_len):
     return index, np.minimum(index + 1, src_len - 1), weight
 
 
+def interpolate_taps(array, rows, cols):
+    """Blend ``array``'s last two axes at the given (first, second, weight) row and column taps."""
+    x0, x1, wx = cols
+    y0, y1, wy = rows
+    blended = array[..., x0] * (1 - wx) + array[..., x1] * wx
+    wy = wy[:, None]
+    return (blended[..., y0, :] * (1 - wy) + blended[..., y1, :] * wy).astype(np.float32, copy=False)
+
+
 def resize_bilinear(array, height, width):
     """torch ``interpolate(mode="bilinear", align_corners=False)`` over the last two axes of a float32 array."""
     src_h, src_w = array.shape[-2:]
     if (src_h, src_w) == (height, width):
         return array
-    x0, x1, wx = _bilinear_taps(width, src_w)
-    y0, y1, wy = _bilinear_taps(height, src_h)
-    cols = array[..., x0] * (1 - wx) + array[..., x1] * wx
-    wy = wy[:, None]
-    return (cols[..., y0, :] * (1 - wy) + cols[..., y1, :] * wy).astype(np.float32, copy=False)
+    return interpolate_taps(array, bilinear_taps(height, src_h), bilinear_taps(width, src_w))

@@ -50,29 +50,46 @@ def normalize(rgb, mean, std):
     return (chw - np.asarray(mean, np.float32).reshape(3, 1, 1)) / np.asarray(std, np.float32).reshape(3, 1, 1)
 
 
+def window_batches(model, boxes, crop, text_features, gba_lambda, crop_shape, batch_size=4):
+    """Yield ``[(box, logits (queries, h, w)), ...]`` one batch at a time; ``crop(box)`` gives that window's pixels.
+
+    Every window has the same ``crop_shape`` (the reference crops min(window, side)); it is zero-padded to whole
+    patches as the reference pads it, and the logits come back cropped to the window.
+    """
+    crop_h, crop_w = crop_shape
+    left, right, top, bottom = patch_padding(crop_h, crop_w, model.patch_size)
+    for start in range(0, len(boxes), batch_size):
+        batch_boxes = boxes[start:start + batch_size]
+        crops = np.stack([crop(box) for box in batch_boxes])
+        if left or right or top or bottom:
+            crops = np.pad(crops, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        logits = model.window_logits(crops, text_features, gba_lambda)
+        logits = resize_bilinear(logits, crops.shape[2], crops.shape[3])[:, :, top:top + crop_h, left:left + crop_w]
+        yield list(zip(batch_boxes, logits, strict=True))
+
+
 def sliding_window_logits(model, image, text_features, gba_lambda, window, stride, batch_size=4,
                           progress=None, cancelled=None):
     """Average the per-window logits over the grid; ``image`` is normalised 3xHxW, the result (queries, H, W)."""
     _, height, width = image.shape
     boxes = window_boxes(height, width, window, stride)
-    crop_h, crop_w = min(window, height), min(window, width)
-    left, right, top, bottom = patch_padding(crop_h, crop_w, model.patch_size)
     canvas = np.zeros((len(text_features), height, width), np.float32)
     count = np.zeros((height, width), np.float32)
-    for start in range(0, len(boxes), batch_size):
+    done = 0
+    batches = window_batches(model, boxes, lambda box: image[:, box[0]:box[1], box[2]:box[3]], text_features,
+                             gba_lambda, (min(window, height), min(window, width)), batch_size)
+    while True:
         if cancelled is not None and cancelled():
             raise Cancelled()
-        batch_boxes = boxes[start:start + batch_size]
-        crops = np.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in batch_boxes])
-        if left or right or top or bottom:
-            crops = np.pad(crops, ((0, 0), (0, 0), (top, bottom), (left, right)))
-        logits = model.window_logits(crops, text_features, gba_lambda)
-        logits = resize_bilinear(logits, crops.shape[2], crops.shape[3])[:, :, top:top + crop_h, left:left + crop_w]
-        for (y1, y2, x1, x2), window_logits in zip(batch_boxes, logits, strict=True):
+        batch = next(batches, None)
+        if batch is None:
+            break
+        for (y1, y2, x1, x2), window_logits in batch:
             canvas[:, y1:y2, x1:x2] += window_logits
             count[y1:y2, x1:x2] += 1
+        done += len(batch)
         if progress is not None:
-            progress(start + len(batch_boxes), len(boxes))
+            progress(done, len(boxes))
     return canvas / count
 
 

@@ -4,6 +4,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+BACKGROUND_NAMES = ("background", "clutter", "others", "other", "unclassified")
+UNCLASSIFIED = "unclassified"
+
 
 @dataclass(frozen=True)
 class Vocabulary:
@@ -47,6 +50,20 @@ class Vocabulary:
 
     def __len__(self):
         return len(self.classes)
+
+    def background(self, name=None):
+        """(class names, background index) for the threshold rule.
+
+        ``name`` picks the class whose synonyms include it; without a name, the first background-like line
+        (background, clutter, others, unclassified) is used. Otherwise ``name`` or ``unclassified`` is appended as an
+        extra class with no text query: it only receives pixels below the threshold, never a real class's pixels.
+        """
+        wanted = [name.strip().lower()] if name and name.strip() else list(BACKGROUND_NAMES)
+        for candidate in wanted:
+            for index, synonyms in enumerate(self.classes):
+                if candidate in (s.lower() for s in synonyms):
+                    return self.class_names, index
+        return [*self.class_names, name.strip() if name and name.strip() else UNCLASSIFIED], len(self.classes)
 
     def to_text(self):
         return "\n".join(",".join(synonyms) for synonyms in self.classes)

@@ -20,4 +20,14 @@ class SegEarthProvider(QgsProcessingProvider):
         return QIcon(str(resource_path("icon.svg")))
 
     def loadAlgorithms(self):
-        """The algorithms (segment, vectorize, ...) are added by the Processing issue; none ship yet."""
+        from .segment import SegmentAlgorithm
+        from .vectorize import VectorizeAlgorithm
+
+        for algorithm in (SegmentAlgorithm(), VectorizeAlgorithm()):
+            self.addAlgorithm(algorithm)
+
+    def supportedOutputRasterLayerExtensions(self):
+        return ["tif"]
+
+    def supportedOutputVectorLayerExtensions(self):
+        return ["gpkg", "shp", "geojson", "fgb"]

@@ -1,0 +1,334 @@
+"""Raster I/O for the streaming pipeline, all through GDAL: grids, bands, the 8-bit stretch, resampled reads, outputs.
+
+The input is never modified: every read goes through in-memory VRTs (band subset, window, warp to the processing
+resolution), and every output is written under a temporary name beside its destination and renamed at the end.
+"""
+
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal
+
+from .geo import pixel_size_metres
+
+LABEL_NODATA = 255
+CONFIDENCE_NODATA = -1.0
+STRETCH_PERCENTILES = (2.0, 98.0)
+STRETCH_SAMPLE = 1024
+GTIFF_OPTIONS = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
+
+gdal.UseExceptions()
+
+
+class RasterInputError(ValueError):
+    """The input raster or a parameter about it cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up pixel grid: size, GDAL geotransform and CRS (WKT)."""
+
+    width: int
+    height: int
+    geotransform: tuple
+    srs_wkt: str
+
+    @property
+    def extent(self):
+        x0, dx, _, y0, _, dy = self.geotransform
+        xs = (x0, x0 + dx * self.width)
+        ys = (y0, y0 + dy * self.height)
+        return min(xs), min(ys), max(xs), max(ys)
+
+
+def open_raster(path):
+    try:
+        dataset = gdal.Open(str(path))
+    except RuntimeError as error:
+        raise RasterInputError(f"GDAL cannot open {path}: {error}") from error
+    if dataset is None:
+        raise RasterInputError(f"GDAL cannot open {path}")
+    return dataset
+
+
+def dataset_grid(dataset):
+    transform = tuple(dataset.GetGeoTransform(can_return_null=True) or ())
+    if not transform:
+        raise RasterInputError(f"{dataset.GetDescription()} has no geotransform: georeference it first "
+                               "(Raster > Georeferencer) so the result can be placed on the map")
+    if transform[2] or transform[4]:
+        raise RasterInputError(f"{dataset.GetDescription()} is rotated or sheared: warp it to a north-up grid first "
+                               "(Raster > Projections > Warp)")
+    wkt = dataset.GetProjection()
+    if not wkt:
+        raise RasterInputError(f"{dataset.GetDescription()} has no CRS: assign one (Layer Properties > Source, or "
+                               "Raster > Projections > Assign Projection)")
+    return Grid(dataset.RasterXSize, dataset.RasterYSize, transform, wkt)
+
+
+def snap_window(grid, extent=None):
+    """The pixel window (col, row, cols, rows) covering ``extent`` (in the raster's CRS), snapped outwards."""
+    if extent is None:
+        return 0, 0, grid.width, grid.height
+    xmin, ymin, xmax, ymax = extent
+    x0, dx, _, y0, _, dy = grid.geotransform
+    eps = 1e-6
+    cols = sorted(((xmin - x0) / dx, (xmax - x0) / dx))
+    rows = sorted(((ymin - y0) / dy, (ymax - y0) / dy))
+    col0 = max(0, math.floor(cols[0] + eps))
+    col1 = min(grid.width, math.ceil(cols[1] - eps))
+    row0 = max(0, math.floor(rows[0] + eps))
+    row1 = min(grid.height, math.ceil(rows[1] - eps))
+    if col1 <= col0 or row1 <= row0:
+        raise RasterInputError(f"the extent {extent} does not overlap the raster (extent {grid.extent} in its own "
+                               "CRS): choose an extent inside the layer, or leave it empty for the whole layer")
+    return col0, row0, col1 - col0, row1 - row0
+
+
+def subgrid(grid, window, width=None, height=None):
+    """The grid of a pixel window, optionally resampled to ``width`` x ``height`` over the same extent."""
+    col, row, cols, rows = window
+    x0, dx, _, y0, _, dy = grid.geotransform
+    width, height = width or cols, height or rows
+    transform = (x0 + col * dx, dx * cols / width, 0.0, y0 + row * dy, 0.0, dy * rows / height)
+    return Grid(width, height, transform, grid.srs_wkt)
+
+
+def default_bands(dataset):
+    """Bands tagged red, green, blue if there are; else 1, 2, 3; a one-band raster gives [1]."""
+    interp = {dataset.GetRasterBand(i).GetColorInterpretation(): i for i in range(1, dataset.RasterCount + 1)}
+    rgb = [interp.get(c) for c in (gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)]
+    if all(rgb):
+        return rgb
+    return [1] if dataset.RasterCount < 3 else [1, 2, 3]
+
+
+def check_bands(dataset, bands):
+    bands = [int(b) for b in (bands or default_bands(dataset))]
+    if len(bands) not in (1, 3):
+        raise RasterInputError(f"choose three bands (red, green, blue) or one band, not {len(bands)}: {bands}")
+    for band in bands:
+        if not 1 <= band <= dataset.RasterCount:
+            raise RasterInputError(f"band {band} does not exist: {dataset.GetDescription()} has "
+                                   f"{dataset.RasterCount} band(s), numbered from 1")
+    return bands
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """Per band (low, high) values mapped linearly to 0..255; ``None`` passes 8-bit data through unchanged."""
+
+    limits: tuple = None
+
+    def apply(self, data):
+        """data: (bands, h, w) in the source type -> uint8."""
+        if self.limits is None:
+            return data.astype(np.uint8, copy=False)
+        out = np.empty(data.shape, np.uint8)
+        for i, (low, high) in enumerate(self.limits):
+            scaled = (data[i].astype(np.float64) - low) * (255.0 / max(high - low, 1e-12))
+            out[i] = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round()
+        return out
+
+    def describe(self):
+        if self.limits is None:
+            return "8-bit bands used as they are"
+        ranges = ", ".join(f"{low:g}..{high:g}" for low, high in self.limits)
+        return (f"{STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g} % cumulative cut per band, from a "
+                f"{STRETCH_SAMPLE}-pixel overview: {ranges}")
+
+
+def robust_stretch(dataset, sample=STRETCH_SAMPLE):
+    """Computed once for the whole raster (never per block), from a reduced read that uses overviews when present."""
+    bands = [dataset.GetRasterBand(i) for i in range(1, dataset.RasterCount + 1)]
+    if all(b.DataType == gdal.GDT_Byte for b in bands):
+        return Stretch()
+    factor = max(dataset.RasterXSize, dataset.RasterYSize) / sample
+    width = max(1, min(dataset.RasterXSize, round(dataset.RasterXSize / factor)))
+    height = max(1, min(dataset.RasterYSize, round(dataset.RasterYSize / factor)))
+    valid = read_valid(dataset, 0, 0, dataset.RasterXSize, dataset.RasterYSize, width, height)
+    limits = []
+    for band in bands:
+        values = band.ReadAsArray(buf_xsize=width, buf_ysize=height).astype(np.float64)[valid]
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            raise RasterInputError(f"{dataset.GetDescription()} has no valid pixels here (all nodata, masked or NaN)")
+        limits.append(tuple(float(v) for v in np.percentile(values, STRETCH_PERCENTILES)))
+    return Stretch(tuple(limits))
+
+
+def read_valid(dataset, col, row, cols, rows, width=None, height=None):
+    """True where every band of ``dataset`` is valid: nodata values, alpha and mask bands, and non-finite floats."""
+    valid = None
+    for i in range(1, dataset.RasterCount + 1):
+        band = dataset.GetRasterBand(i)
+        flags = band.GetMaskFlags()
+        if flags & gdal.GMF_ALL_VALID and band.DataType not in (gdal.GDT_Float32, gdal.GDT_Float64):
+            continue
+        mask = band.GetMaskBand().ReadAsArray(col, row, cols, rows, buf_xsize=width, buf_ysize=height) > 0
+        if band.DataType in (gdal.GDT_Float32, gdal.GDT_Float64):
+            mask &= np.isfinite(band.ReadAsArray(col, row, cols, rows, buf_xsize=width, buf_ysize=height))
+        valid = mask if valid is None else valid & mask
+    if valid is None:
+        valid = np.ones((height or rows, width or cols), bool)
+    return valid
+
+
+class ProcessingSource:
+    """The chosen bands over the snapped window, resampled to the processing resolution, read in row strips as RGB.
+
+    ``resolution`` is the processing ground sample distance in metres (0: native). Downsampling averages the source
+    pixels (GDAL ``average``, nodata excluded); upsampling is bilinear. ``native`` is the output grid (the input's
+    pixels over the window), ``grid`` the processing grid over the same extent.
+    """
+
+    def __init__(self, path, bands=None, extent=None, resolution=0.0):
+        self.path = str(path)
+        self.dataset = open_raster(path)
+        if self.dataset.RasterCount == 0:
+            raise RasterInputError(f"{path} has no raster bands")
+        full = dataset_grid(self.dataset)
+        self.bands = check_bands(self.dataset, bands)
+        self.window = snap_window(full, extent)
+        self.native = subgrid(full, self.window)
+        self.pixel_metres = pixel_size_metres(full.geotransform, full.srs_wkt, full.width, full.height)
+        col, row, cols, rows = self.window
+        if resolution and resolution < 0:
+            raise RasterInputError(f"the resolution must be positive metres or 0 for native, not {resolution}")
+        if resolution:
+            width = max(1, round(cols * self.pixel_metres[0] / resolution))
+            height = max(1, round(rows * self.pixel_metres[1] / resolution))
+        else:
+            width, height = cols, rows
+        self.grid = subgrid(full, self.window, width, height)
+        self._names = []
+        self.subset = self._vrt(gdal.Translate, self.dataset, format="VRT", bandList=sorted(set(self.bands)),
+                                srcWin=list(self.window), maskBand="auto")
+        self._band_index = [sorted(set(self.bands)).index(b) + 1 for b in self.bands]
+        if (width, height) == (cols, rows):
+            self.resampling = "none"
+            self.reader = self.subset
+        else:
+            self.resampling = "average" if width < cols or height < rows else "bilinear"
+            self.reader = self._vrt(gdal.Warp, self.subset, format="VRT", width=width, height=height,
+                                    outputBounds=self.native.extent, resampleAlg=self.resampling, dstAlpha=True)
+        stretch = robust_stretch(self.subset)
+        if stretch.limits is not None:
+            stretch = Stretch(tuple(stretch.limits[i - 1] for i in self._band_index))
+        self.stretch = stretch
+
+    def _vrt(self, function, source, **options):
+        name = f"/vsimem/segearth-{uuid.uuid4().hex}.vrt"
+        self._names.append(name)
+        return function(name, source, **options)
+
+    @property
+    def data_type(self):
+        return gdal.GetDataTypeName(self.dataset.GetRasterBand(self.bands[0]).DataType)
+
+    def read(self, row0, row1):
+        """Processing-grid rows [row0, row1): uint8 RGB (h, w, 3) and the validity mask (h, w)."""
+        rows = row1 - row0
+        width = self.grid.width
+        data = np.stack([self.reader.GetRasterBand(i).ReadAsArray(0, row0, width, rows) for i in self._band_index])
+        valid = self._valid(self.reader, 0, row0, width, rows)
+        rgb = self.stretch.apply(data)
+        if len(self.bands) == 1:
+            rgb = np.repeat(rgb, 3, axis=0)
+        return np.ascontiguousarray(rgb.transpose(1, 2, 0)), valid
+
+    def _valid(self, dataset, col, row, cols, rows):
+        if dataset is self.reader and self.resampling != "none":
+            return dataset.GetRasterBand(dataset.RasterCount).ReadAsArray(col, row, cols, rows) > 0
+        return read_valid(dataset, col, row, cols, rows)
+
+    def native_valid(self, row0, row1):
+        """Output-grid rows [row0, row1): True where the input has data in every chosen band."""
+        return self._valid(self.subset, 0, row0, self.native.width, row1 - row0)
+
+    def close(self):
+        self.reader = self.subset = self.dataset = None
+        for name in self._names:
+            gdal.Unlink(name)
+        self._names = []
+
+
+def temporary_sibling(path):
+    path = Path(path)
+    return path.with_name(f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+class RasterWriter:
+    """A tiled, compressed GeoTIFF written row by row under a temporary name; ``commit`` renames it into place."""
+
+    def __init__(self, path, grid, data_type, nodata, class_names=None, colors=None, description=""):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in (".tif", ".tiff"):
+            raise RasterInputError(f"raster outputs are GeoTIFF: name {self.path} with .tif")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.temp = temporary_sibling(self.path)
+        driver = gdal.GetDriverByName("GTiff")
+        self.dataset = driver.Create(str(self.temp), grid.width, grid.height, 1, data_type, GTIFF_OPTIONS)
+        self.dataset.SetGeoTransform(grid.geotransform)
+        self.dataset.SetProjection(grid.srs_wkt)
+        band = self.dataset.GetRasterBand(1)
+        band.SetNoDataValue(nodata)
+        if description:
+            band.SetDescription(description)
+        if class_names is not None:
+            table = gdal.ColorTable()
+            for index, color in enumerate(colors):
+                table.SetColorEntry(index, (*color, 255))
+            table.SetColorEntry(int(nodata), (0, 0, 0, 0))
+            band.SetRasterColorTable(table)
+            band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+            band.SetCategoryNames(list(class_names))
+
+    def write(self, row, array):
+        self.dataset.GetRasterBand(1).WriteArray(array, 0, row)
+
+    def close(self):
+        if self.dataset is not None:
+            self.dataset.FlushCache()
+            self.dataset = None
+
+    def temp_files(self):
+        return [self.temp, Path(f"{self.temp}.aux.xml")]
+
+    def commit(self):
+        self.close()
+        aux = Path(f"{self.temp}.aux.xml")
+        final_aux = Path(f"{self.path}.aux.xml")
+        if aux.exists():
+            os.replace(aux, final_aux)
+        elif final_aux.exists():
+            final_aux.unlink()
+        os.replace(self.temp, self.path)
+
+    def discard(self):
+        self.dataset = None
+        for path in self.temp_files():
+            if path.exists():
+                path.unlink()
+
+
+def read_class_table(path, band=1):
+    """(class names, RGB colours) stored in a classified raster: GDAL category names and its colour table."""
+    dataset = open_raster(path)
+    raster_band = dataset.GetRasterBand(band)
+    names = list(raster_band.GetCategoryNames() or [])
+    table = raster_band.GetRasterColorTable()
+    if not names:
+        maximum = int(raster_band.ComputeRasterMinMax(False)[1])
+        names = [f"class {i}" for i in range(maximum + 1)]
+    if table is not None and table.GetCount() >= len(names):
+        colors = [tuple(table.GetColorEntry(i)[:3]) for i in range(len(names))]
+    else:
+        from .style import class_colors
+
+        colors = class_colors(names)
+    return names, colors

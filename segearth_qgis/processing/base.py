@@ -1,0 +1,124 @@
+"""What every SegEarth-OV algorithm shares: naming, feedback relay, runtime errors, and styling loaded outputs."""
+
+from qgis.core import (
+    Qgis,
+    QgsCategorizedSymbolRenderer,
+    QgsFillSymbol,
+    QgsPalettedRasterRenderer,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsRasterLayer,
+    QgsRendererCategory,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QColor, QIcon
+
+from ..core.resources import resource_path
+
+# Scoped enums: Qgis.* from QGIS 3.36 on (the only spelling in QGIS 4), the class-scoped names before.
+if hasattr(Qgis, "ProcessingParameterFlag"):
+    ADVANCED = Qgis.ProcessingParameterFlag.Advanced
+    DOUBLE = Qgis.ProcessingNumberParameterType.Double
+    INTEGER = Qgis.ProcessingNumberParameterType.Integer
+    FILE = Qgis.ProcessingFileParameterBehavior.File
+else:
+    ADVANCED = QgsProcessingParameterDefinition.Flag.FlagAdvanced
+    DOUBLE = QgsProcessingParameterNumber.Type.Double
+    INTEGER = QgsProcessingParameterNumber.Type.Integer
+    FILE = QgsProcessingParameterFile.Behavior.File
+
+INSTALL_HINT = ("SegEarth-OV needs onnxruntime, numpy and GDAL in the Python that QGIS runs (torch and open_clip "
+                "only for the torch backend and exports). Install them with the plugin's dependency installer, or: "
+                "python3 -m pip install --user onnxruntime (onnxruntime-gpu on NVIDIA machines)")
+
+
+class SegEarthAlgorithm(QgsProcessingAlgorithm):
+    """Base of the provider's algorithms; subclasses define name, parameters and processAlgorithm."""
+
+    def createInstance(self):
+        return type(self)()
+
+    def group(self):
+        return "Open-vocabulary mapping"
+
+    def groupId(self):
+        return "mapping"
+
+    def icon(self):
+        return QIcon(str(resource_path("icon.svg")))
+
+    def style_on_load(self, context, destination, class_names, colors, vector=False):
+        """Style ``destination`` when the dialog, the modeler or an ad hoc run loads it into the project."""
+        if not context.willLoadLayerOnCompletion(destination):
+            return
+        processor = ClassStyler.create(class_names, colors, vector)
+        context.layerToLoadOnCompletionDetails(destination).setPostProcessor(processor)
+
+
+def advanced(parameter):
+    parameter.setFlags(parameter.flags() | ADVANCED)
+    return parameter
+
+
+def runtime_import(function):
+    """Run an import-heavy call; a missing package becomes a QgsProcessingException saying how to install it."""
+    try:
+        return function()
+    except ImportError as error:
+        raise QgsProcessingException(f"{error}. {INSTALL_HINT}") from error
+
+
+class ProcessingFeedbackBridge:
+    """The core pipeline's ``Feedback`` interface on top of a QgsProcessingFeedback."""
+
+    def __init__(self, feedback):
+        self.feedback = feedback
+
+    def progress(self, fraction):
+        self.feedback.setProgress(100.0 * fraction)
+
+    def cancelled(self):
+        return self.feedback.isCanceled()
+
+    def info(self, text):
+        self.feedback.pushInfo(text)
+
+    def warn(self, text):
+        self.feedback.pushWarning(text)
+
+
+class ClassStyler(QgsProcessingLayerPostProcessorInterface):
+    """Gives a loaded output the paletted (raster) or categorized (vector) renderer with the class names."""
+
+    _alive = []  # QGIS holds post-processors by a raw pointer: Python must keep them until they have run
+
+    @classmethod
+    def create(cls, class_names, colors, vector):
+        styler = cls(class_names, colors, vector)
+        cls._alive.append(styler)
+        return styler
+
+    def __init__(self, class_names, colors, vector):
+        super().__init__()
+        self.class_names = list(class_names)
+        self.colors = [QColor(*c) for c in colors]
+        self.vector = vector
+
+    def postProcessLayer(self, layer, context, feedback):
+        if self.vector and isinstance(layer, QgsVectorLayer):
+            categories = []
+            for index, (name, color) in enumerate(zip(self.class_names, self.colors, strict=True)):
+                symbol = QgsFillSymbol.createSimple({"color": color.name(), "outline_style": "no"})
+                categories.append(QgsRendererCategory(index, symbol, name))
+            layer.setRenderer(QgsCategorizedSymbolRenderer("class_id", categories))
+        elif not self.vector and isinstance(layer, QgsRasterLayer):
+            classes = [QgsPalettedRasterRenderer.Class(i, color, name)
+                       for i, (name, color) in enumerate(zip(self.class_names, self.colors, strict=True))]
+            layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
+        layer.triggerRepaint()
+        if self in ClassStyler._alive:
+            ClassStyler._alive.remove(self)
