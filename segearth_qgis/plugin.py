@@ -14,8 +14,9 @@ class SegEarthPlugin:
             return
         from .processing.provider import SegEarthProvider
 
-        self.provider = SegEarthProvider()
-        QgsApplication.processingRegistry().addProvider(self.provider)
+        provider = SegEarthProvider()
+        if QgsApplication.processingRegistry().addProvider(provider):
+            self.provider = provider
 
     def initGui(self):
         self.initProcessing()

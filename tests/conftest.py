@@ -54,14 +54,18 @@ def tiny_bundle(tiny_checkpoints, tmp_path_factory):
                          quick_gelu=True, make_zip=True, log=lambda _: None)
 
 
-@pytest.fixture(scope="session")
+_PROVIDERS = []  # the registry does not keep the Python provider objects alive
+
+
+@pytest.fixture()
 def segearth_processing(qgis_app):
-    """Processing initialised headless with the segearth provider registered once for the session."""
+    """Processing initialised headless, with the segearth provider registered (again, if a test removed it)."""
     import sys
 
     from qgis.core import QgsApplication
 
-    sys.path.append("/usr/share/qgis/python/plugins")
+    if "/usr/share/qgis/python/plugins" not in sys.path:
+        sys.path.append("/usr/share/qgis/python/plugins")
     from processing.core.Processing import Processing
 
     Processing.initialize()
@@ -69,8 +73,8 @@ def segearth_processing(qgis_app):
     if registry.providerById("segearth") is None:
         from segearth_qgis.processing.provider import SegEarthProvider
 
-        provider = SegEarthProvider()
-        registry.addProvider(provider)
+        _PROVIDERS.append(SegEarthProvider())
+        registry.addProvider(_PROVIDERS[-1])
     return registry.providerById("segearth")
 
 

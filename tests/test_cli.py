@@ -1,27 +1,48 @@
-"""The demo command end to end, as the README's main-job command runs it."""
+"""The command-line segment (core only, no qgis import) and the demo's inputs."""
 
+import json
 import subprocess
 import sys
 
-import numpy as np
-from PIL import Image
+from osgeo import gdal
+from rasters import scene_bands, write_geotiff
 
-from segearth_qgis.core.preview import class_colors
+from segearth_qgis.core.style import class_colors
+
+NO_QGIS = ("import runpy, sys; sys.argv = sys.argv[1:]; "
+           "exec('try:\\n runpy.run_module(\"segearth_qgis.cli\", run_name=\"__main__\")\\n'"
+           "'except SystemExit as e:\\n assert not [m for m in sys.modules if m.split(\".\")[0] == \"qgis\"]\\n"
+           " raise')")
 
 
-def test_demo_writes_preview_and_labels_and_warns(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "segearth_qgis.cli", "demo", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
+def test_segment_command_writes_classes_and_polygons_without_qgis(tiny_bundle, tmp_path):
+    source = write_geotiff(tmp_path / "scene.tif", scene_bands(120, 180, seed=11))
+    run = subprocess.run([sys.executable, "-c", NO_QGIS, "segearth_qgis.cli", "segment", source,
+                          str(tmp_path / "classes.tif"), "--classes", "building,roof\\nroad\\nwater",
+                          "--model", str(tiny_bundle), "--device", "cpu", "--vector", str(tmp_path / "p.gpkg"),
+                          "--areas", str(tmp_path / "areas.csv")], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "RANDOMLY INITIALISED" in run.stderr and "MEANINGLESS" in run.stderr
-    labels = np.load(tmp_path / "labels.npy")
-    assert labels.shape == (480, 640) and labels.dtype == np.uint8 and labels.max() < 6
-    preview = Image.open(tmp_path / "preview.png")
-    assert preview.size == (2 * 640 + 220 + 30, 480 + 44)
-    colors = np.array(class_colors(["background", "building", "road", "water", "tree", "field"]), np.uint8)
-    right = np.asarray(preview.convert("RGB"))[34:34 + 480, 20 + 640:20 + 1280]
-    np.testing.assert_array_equal(right, colors[labels])
-    assert str(tmp_path / "preview.png") in run.stdout
+    assert "CPUExecutionProvider" in run.stderr
+    dataset = gdal.Open(str(tmp_path / "classes.tif"))
+    band = dataset.GetRasterBand(1)
+    band.GetDescription()
+    assert band.GetCategoryNames() == ["building", "road", "water", "unclassified"]
+    assert dataset.GetGeoTransform() == gdal.Open(source).GetGeoTransform()
+    assert (tmp_path / "p.gpkg").is_file() and (tmp_path / "areas.csv").read_text().count("\n") == 5
+
+
+def test_demo_prepare_writes_a_georeferenced_scene_and_picks_the_smoke_bundle(tmp_path, monkeypatch):
+    env = {"SEGEARTH_MODEL_DIR": str(tmp_path / "no-models"), "SEGEARTH_CACHE_DIR": str(tmp_path / "cache")}
+    import os
+
+    run = subprocess.run([sys.executable, "-m", "segearth_qgis.cli", "demo-prepare", "--out", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, **env))
+    assert run.returncode == 0, run.stderr
+    job = json.loads(run.stdout.strip().splitlines()[-1])
+    assert job["random_weights"] is True and "RANDOM" in run.stderr and "MEANINGLESS" in run.stderr
+    assert (tmp_path / "cache" / "smoke-bundle-random-weights-v1" / "manifest.json").is_file()
+    dataset = gdal.Open(job["input"])
+    assert dataset.RasterXSize == 640 and dataset.GetSpatialRef().GetAuthorityCode(None) == "25832"
 
 
 def test_background_classes_are_grey_and_the_rest_distinct():

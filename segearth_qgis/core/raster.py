@@ -316,11 +316,17 @@ class RasterWriter:
                 path.unlink()
 
 
+def category_names(band):
+    """The band's GDAL category names; GDAL 3.6's GeoTIFF band returns none until its .aux.xml has been loaded."""
+    band.GetDescription()
+    return list(band.GetCategoryNames() or [])
+
+
 def read_class_table(path, band=1):
     """(class names, RGB colours) stored in a classified raster: GDAL category names and its colour table."""
     dataset = open_raster(path)
     raster_band = dataset.GetRasterBand(band)
-    names = list(raster_band.GetCategoryNames() or [])
+    names = category_names(raster_band)
     table = raster_band.GetRasterColorTable()
     if not names:
         maximum = int(raster_band.ComputeRasterMinMax(False)[1])

@@ -28,7 +28,7 @@ class VectorizeAlgorithm(SegEarthAlgorithm):
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Classified raster"))
-        self.addParameter(QgsProcessingParameterBand("BAND", "Band", 1, "INPUT"))
+        self.addParameter(QgsProcessingParameterBand("BAND", "Band", 1, "INPUT", optional=True))
         self.addParameter(QgsProcessingParameterNumber("SIMPLIFY", "Simplification tolerance (layer units, 0: "
                                                        "none)", DOUBLE, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber("MIN_AREA", "Minimum polygon area in m2", DOUBLE, 0.0,
