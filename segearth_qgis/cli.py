@@ -85,30 +85,27 @@ def demo_preview(out_dir, random_weights):
     return 0
 
 
-class ConsoleFeedback:
-    """The pipeline's feedback on a terminal: a progress bar on stderr, messages as lines; Ctrl+C cancels."""
+def console_feedback(quiet=False):
+    """The pipeline's feedback on a terminal: a progress bar on stderr, messages as lines (Ctrl+C stops the run)."""
+    from .core.pipeline import Feedback
 
-    def __init__(self, quiet=False):
-        self.quiet = quiet
-        self.interrupted = False
+    class ConsoleFeedback(Feedback):
+        def progress(self, fraction):
+            if not quiet:
+                filled = int(30 * fraction)
+                print(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:5.1f} %", end="", file=sys.stderr,
+                      flush=True)
+                if fraction >= 1:
+                    print(file=sys.stderr)
 
-    def progress(self, fraction):
-        if not self.quiet:
-            filled = int(30 * fraction)
-            print(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:5.1f} %", end="", file=sys.stderr,
-                  flush=True)
-            if fraction >= 1:
-                print(file=sys.stderr)
+        def info(self, text):
+            if not quiet:
+                print(text, file=sys.stderr)
 
-    def cancelled(self):
-        return self.interrupted
+        def warn(self, text):
+            print(f"warning: {text}", file=sys.stderr)
 
-    def info(self, text):
-        if not self.quiet:
-            print(text, file=sys.stderr)
-
-    def warn(self, text):
-        print(f"warning: {text}", file=sys.stderr)
+    return ConsoleFeedback()
 
 
 def segment(args):
@@ -119,7 +116,7 @@ def segment(args):
     from .core.runtime import DeviceUnavailable
     from .core.segment import Cancelled
 
-    feedback = ConsoleFeedback(args.quiet)
+    feedback = console_feedback(args.quiet)
     try:
         options, modality, notes = resolve_options(
             classes=args.classes.replace("\\n", "\n") if args.classes else None, preset=args.preset,

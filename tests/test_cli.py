@@ -9,15 +9,17 @@ from rasters import scene_bands, write_geotiff
 
 from segearth_qgis.core.style import class_colors
 
-NO_QGIS = ("import runpy, sys; sys.argv = sys.argv[1:]; "
-           "exec('try:\\n runpy.run_module(\"segearth_qgis.cli\", run_name=\"__main__\")\\n'"
-           "'except SystemExit as e:\\n assert not [m for m in sys.modules if m.split(\".\")[0] == \"qgis\"]\\n"
-           " raise')")
+NO_QGIS = """import sys
+from segearth_qgis.cli import main
+code = main(sys.argv[1:])
+assert not [m for m in sys.modules if m.split(".")[0] == "qgis"], "the command-line segment imported qgis"
+sys.exit(code)
+"""
 
 
 def test_segment_command_writes_classes_and_polygons_without_qgis(tiny_bundle, tmp_path):
     source = write_geotiff(tmp_path / "scene.tif", scene_bands(120, 180, seed=11))
-    run = subprocess.run([sys.executable, "-c", NO_QGIS, "segearth_qgis.cli", "segment", source,
+    run = subprocess.run([sys.executable, "-c", NO_QGIS, "segment", source,
                           str(tmp_path / "classes.tif"), "--classes", "building,roof\\nroad\\nwater",
                           "--model", str(tiny_bundle), "--device", "cpu", "--vector", str(tmp_path / "p.gpkg"),
                           "--areas", str(tmp_path / "areas.csv")], capture_output=True, text=True, timeout=300)

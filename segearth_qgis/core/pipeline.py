@@ -314,7 +314,7 @@ class _Stream:
         self._emit(final=top + canvas.shape[1] == self.height)
 
     def _emit(self, final):
-        first, second, weight = self.out_rows
+        first, second, _ = self.out_rows
         ready_until = self.finished_top + self.finished.shape[1]
         total = len(first)
         chunk = max(1, OUTPUT_CHUNK_VALUES // ((self.queries + 1) * len(self.out_cols[0])))

@@ -51,7 +51,7 @@ def open_raster(path):
     except RuntimeError as error:
         raise RasterInputError(f"GDAL cannot open {path}: {error}") from error
     if dataset is None:
-        raise RasterInputError(f"GDAL cannot open {path}")
+        raise RasterInputError(f"GDAL cannot open {path}: {gdal.GetLastErrorMsg()}")
     return dataset
 
 

@@ -2,13 +2,12 @@
 
 import math
 import os
-import uuid
 from pathlib import Path
 
 from osgeo import gdal, ogr
 
 from .geo import AreaMeter, spatial_reference
-from .raster import category_names
+from .raster import category_names, open_raster, temporary_sibling
 from .segment import Cancelled
 
 DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON", ".json": "GeoJSON",
@@ -51,7 +50,7 @@ def polygonize(raster_path, output_path, class_names=None, band=1, simplify=0.0,
     report = progress or (lambda _fraction: None)
     cancelled = cancelled or (lambda: False)
 
-    dataset = _open(raster_path)
+    dataset = open_raster(raster_path)
     if not 1 <= band <= dataset.RasterCount:
         raise ValueError(f"{raster_path} has {dataset.RasterCount} band(s): band {band} does not exist")
     source = dataset.GetRasterBand(band)
@@ -86,7 +85,7 @@ def polygonize(raster_path, output_path, class_names=None, band=1, simplify=0.0,
     labels = copy = None
 
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    temp = output_path.with_name(f".{output_path.stem}.partial-{uuid.uuid4().hex[:12]}{output_path.suffix}")
+    temp = temporary_sibling(output_path)
     name = output_path.stem if driver_name == "ESRI Shapefile" else (layer_name or output_path.stem)
     try:
         areas, count, used = _write(regions, temp, driver_name, name, srs, names, meter, simplify, report,
@@ -98,16 +97,6 @@ def polygonize(raster_path, output_path, class_names=None, band=1, simplify=0.0,
     report(1.0)
     return {"path": str(output_path), "layer": name, "features": count, "area_m2": dict(sorted(areas.items())),
             "class_names": dict(sorted(used.items()))}
-
-
-def _open(path):
-    try:
-        dataset = gdal.Open(str(path))
-    except RuntimeError as error:
-        raise ValueError(f"GDAL cannot open {path}: {error}") from error
-    if dataset is None:
-        raise ValueError(f"GDAL cannot open {path}: {gdal.GetLastErrorMsg()}")
-    return dataset
 
 
 def _callback(report, cancelled, start, share):

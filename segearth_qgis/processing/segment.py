@@ -2,6 +2,7 @@
 
 import math
 import os
+import uuid
 
 from qgis.core import (
     QgsMultiBandColorRenderer,
@@ -140,19 +141,19 @@ class SegmentAlgorithm(SegEarthAlgorithm):
                 extent = (rectangle.xMinimum(), rectangle.yMinimum(), rectangle.xMaximum(), rectangle.yMaximum())
         resolution = self.parameterAsDouble(parameters, "RESOLUTION", context)
         bands = self.parameterAsInts(parameters, "BANDS", context) or renderer_bands(layer)
-        numbers = {name: optional_value(parameters, name) for name in ("THRESHOLD", "GBA_LAMBDA", "WINDOW", "STRIDE")}
+
+        def number(name, read=self.parameterAsDouble):
+            """None when unset, so that the preset's value (or the default) applies."""
+            return None if optional_value(parameters, name) is None else read(parameters, name, context)
+
         try:
             options, modality, notes = resolve_options(
                 classes=self.parameterAsString(parameters, "CLASSES", context),
                 preset=self.parameterAsEnumString(parameters, "PRESET", context) or None,
-                threshold=None if numbers["THRESHOLD"] is None else
-                self.parameterAsDouble(parameters, "THRESHOLD", context),
+                threshold=number("THRESHOLD"),
                 background=self.parameterAsString(parameters, "BACKGROUND", context) or None,
-                gba_lambda=None if numbers["GBA_LAMBDA"] is None else
-                self.parameterAsDouble(parameters, "GBA_LAMBDA", context),
-                window=None if numbers["WINDOW"] is None else self.parameterAsInt(parameters, "WINDOW", context),
-                stride=None if numbers["STRIDE"] is None else self.parameterAsInt(parameters, "STRIDE", context),
-                resolution=resolution, bands=bands, extent=extent)
+                gba_lambda=number("GBA_LAMBDA"), window=number("WINDOW", self.parameterAsInt),
+                stride=number("STRIDE", self.parameterAsInt), resolution=resolution, bands=bands, extent=extent)
         except ValueError as error:
             raise QgsProcessingException(str(error)) from error
         for note in notes:
@@ -239,7 +240,7 @@ def gdal_source(layer, extent, resolution, context, feedback):
     else:
         raise QgsProcessingException(f"{layer.name()} is a web layer without a native pixel size: set RESOLUTION "
                                      "(metres) so it can be fetched at that resolution")
-    path = os.path.join(QgsProcessingUtils.tempFolder(), f"web-layer-{abs(hash((layer.id(), cols, rows)))}.tif")
+    path = os.path.join(QgsProcessingUtils.tempFolder(), f"web-layer-{uuid.uuid4().hex}.tif")
     feedback.pushInfo(f"fetching {layer.name()} ({layer.providerType()}) as a {cols} x {rows} GeoTIFF: {path}")
     pipe = QgsRasterPipe()
     pipe.set(provider.clone())
