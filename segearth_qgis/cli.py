@@ -158,7 +158,9 @@ def export(args):
 def bench(args):
     from .core import bench as benchmarks
 
-    return benchmarks.speed(args.arch, args.size, args.runs) if args.what == "speed" else 2
+    if args.what == "parity":
+        return benchmarks.parity(args.arch, args.size)
+    return benchmarks.speed(args.arch, args.size, args.runs, args.device, args.longer_side)
 
 
 def main(argv=None):
@@ -207,10 +209,14 @@ def main(argv=None):
     exp.add_argument("--tolerance", type=float, default=1e-4, help="largest relative onnx-vs-torch difference")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     bench_parser = sub.add_parser("bench", help="benchmarks that print figures")
-    bench_parser.add_argument("what", choices=["speed"])
+    bench_parser.add_argument("what", choices=["speed", "parity"],
+                              help="speed: the three implementations; parity: CUDA against the CPU (needs a GPU)")
     bench_parser.add_argument("--arch", default="ViT-B-16")
     bench_parser.add_argument("--size", type=int, default=448, help="side of the square test image")
     bench_parser.add_argument("--runs", type=int, default=1, help="timed runs per implementation (best is kept)")
+    bench_parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bench_parser.add_argument("--longer-side", type=int, default=448,
+                              help="the image is resized to this longer side first, as the reference does; 0 keeps it")
     args = parser.parse_args(argv)
     if args.command == "demo-prepare":
         return demo_prepare(args.out)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-IMPLEMENTATIONS = {"reference_order": 1, "torch": 4, "onnx": 4}  # name: windows per batch
+BATCH = {"cpu": {"reference_order": 1, "torch": 4, "onnx": 4},   # device: implementation: windows per batch
+         "cuda": {"reference_order": 1, "torch": 16, "onnx": 16}}
 VOCABULARY = "background\nbuilding,roof\nroad\nwater,river\ntree,forest\nfield,grass"
 
 
@@ -32,9 +33,11 @@ class ReferenceOrder:
     def window_logits(self, windows, text_features, gba_lambda):
         import torch
 
+        device = self.model.device
         with torch.inference_mode():
-            return self.model.reference_order_logits(torch.from_numpy(windows), torch.from_numpy(text_features),
-                                                     gba_lambda).numpy()
+            return self.model.reference_order_logits(torch.from_numpy(windows).to(device),
+                                                     torch.from_numpy(text_features).to(device),
+                                                     gba_lambda).cpu().numpy()
 
 
 def _prepare(folder, arch):
@@ -47,34 +50,60 @@ def _prepare(folder, arch):
     (folder / "checkpoints.json").write_text(json.dumps(checkpoints))
 
 
-def _run(folder, name, size, runs):
+def _load(folder, name, device):
+    """The model of one implementation, and the runtime that actually runs it."""
     from .bundle import load_bundle
+
+    if name == "onnx":
+        model = load_bundle(folder / "bundle", backend="onnx", device=device)
+        return model, str(model.runtime)
+    from .torch_model import load_model_from_checkpoints
+
+    model = load_model_from_checkpoints(**json.loads((folder / "checkpoints.json").read_text()), device=device)
+    return (ReferenceOrder(model) if name == "reference_order" else model), f"torch {device}"
+
+
+def _gpu_memory(name):
+    """Peak GPU memory of this process in bytes (torch's allocator, or NVML for onnxruntime), None if unknown."""
+    if name != "onnx":
+        import torch
+
+        return torch.cuda.max_memory_reserved()
+    try:
+        import os
+
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        used = [p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid == os.getpid()]
+        return used[0] if used else None
+    except Exception:
+        return None
+
+
+def _run(folder, name, size, runs, device, longer_side):
     from .segment import segment_image
     from .synthetic import synthetic_scene
     from .vocabulary import Vocabulary
 
-    if name == "onnx":
-        model = load_bundle(folder / "bundle", backend="onnx", device="cpu")
-        runtime = str(model.runtime)
-    else:
-        from .torch_model import load_model_from_checkpoints
-
-        model = load_model_from_checkpoints(**json.loads((folder / "checkpoints.json").read_text()), device="cpu")
-        runtime = "torch on cpu"
-        if name == "reference_order":
-            model = ReferenceOrder(model)
+    model, runtime = _load(folder, name, device)
     vocab = Vocabulary.parse(VOCABULARY)
     rgb = synthetic_scene(size, size, seed=1)
-    batch = IMPLEMENTATIONS[name]
-    segment_image(model, rgb[:224, :224], vocab, resize_longer_side=None, batch_size=batch)  # warm-up, compiles
+    batch = BATCH[device][name]
+    if device == "cuda":  # cuDNN/cuBLAS choices and the allocators settle on the first full run
+        segment_image(model, rgb, vocab, resize_longer_side=longer_side, batch_size=batch)
+    else:  # numba compiles on the first window
+        segment_image(model, rgb[:224, :224], vocab, resize_longer_side=None, batch_size=batch)
     best = float("inf")
     for _ in range(runs):
         start = time.perf_counter()
-        result = segment_image(model, rgb, vocab, batch_size=batch)
+        result = segment_image(model, rgb, vocab, resize_longer_side=longer_side, batch_size=batch)
         best = min(best, time.perf_counter() - start)
     np.save(folder / f"{name}.npy", result.labels)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": best, "peak_rss": peak, "runtime": runtime}))
+    print(json.dumps({"seconds": best, "peak_rss": peak, "runtime": runtime,
+                      "gpu_memory": _gpu_memory(name) if device == "cuda" else None}))
 
 
 def _worker(*args):
@@ -84,34 +113,89 @@ def _worker(*args):
     return run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
 
 
-def speed(arch="ViT-B-16", size=448, runs=1, log=print):
+def speed(arch="ViT-B-16", size=448, runs=1, device="cpu", longer_side=448, log=print):
+    """Prints the speed table; ``longer_side`` 0 keeps the image's size (more windows, for GPU throughput)."""
     from .resize import rescale_size
     from .segment import window_boxes
     from .vocabulary import Vocabulary
 
-    windows = len(window_boxes(*rescale_size(size, size, 448), 224, 112))
+    side = longer_side or size
+    windows = len(window_boxes(*rescale_size(size, size, side), 224, 112))
+    batches = BATCH[device]
     with tempfile.TemporaryDirectory(prefix="segearth-bench-") as tmp:
         folder = Path(tmp)
         log(f"building a seeded random {arch} model and exporting its bundle (not timed) ...")
         _worker("prepare", folder, arch)
         results = {}
-        for name in IMPLEMENTATIONS:
-            log(f"running {name} ...")
-            results[name] = json.loads(_worker("run", folder, name, size, runs))
+        for name in batches:
+            log(f"running {name} on {device} ...")
+            results[name] = json.loads(_worker("run", folder, name, size, runs, device, side))
             results[name]["labels"] = np.load(folder / f"{name}.npy")
     reference = results["reference_order"]
-    log(f"{arch} (seeded random weights), {size}x{size} synthetic image -> 448 on the longer side, {windows} windows "
-        f"of 224, {len(Vocabulary.parse(VOCABULARY).queries)} queries, CPU float32, best of {runs}")
-    header = f"{'implementation':<17}{'batch':>6}{'windows/s':>11}{'s/image':>10}{'peak RSS':>11}{'labels = (a)':>14}"
-    log(f"{header}  runtime")
+    log(f"{arch} (seeded random weights), {size}x{size} synthetic image -> {side} on the longer side, {windows} "
+        f"windows of 224, {len(Vocabulary.parse(VOCABULARY).queries)} queries, {device.upper()} float32, "
+        f"best of {runs}")
+    memory = f"{'GPU memory':>12}" if device == "cuda" else ""
+    log(f"{'implementation':<17}{'batch':>6}{'windows/s':>11}{'s/image':>10}{'peak RSS':>11}{memory}"
+        f"{'labels = (a)':>14}  runtime")
     equal = {}
     for name, result in results.items():
         equal[name] = 100.0 * float((result["labels"] == reference["labels"]).mean())
-        log(f"{name:<17}{IMPLEMENTATIONS[name]:>6}{windows / result['seconds']:>11.2f}{result['seconds']:>10.2f}"
-            f"{result['peak_rss'] / 2 ** 30:>9.2f} GB{equal[name]:>13.2f}%  {result['runtime']}")
+        gpu = result["gpu_memory"]
+        gpu = "" if device != "cuda" else f"{'n/a' if gpu is None else f'{gpu / 2 ** 30:.2f} GB':>12}"
+        log(f"{name:<17}{batches[name]:>6}{windows / result['seconds']:>11.2f}{result['seconds']:>10.2f}"
+            f"{result['peak_rss'] / 2 ** 30:>9.2f} GB{gpu}{equal[name]:>13.2f}%  {result['runtime']}")
     log(f"speed: onnx_vs_reference_order={reference['seconds'] / results['onnx']['seconds']:.2f} "
         f"torch_vs_reference_order={reference['seconds'] / results['torch']['seconds']:.2f} "
         f"labels_equal={min(equal['onnx'], equal['torch']):.2f}%")
+    return 0
+
+
+def parity(arch="ViT-B-16", size=448, log=print):
+    """ONNX and torch on CUDA against ONNX on the CPU, on one seeded model: logits, labels and text features; also
+    what TF32 and an fp16 encoder would change (neither is used by the backends)."""
+    import torch
+
+    from . import runtime
+    from .segment import segment_image
+    from .synthetic import synthetic_scene
+    from .vocabulary import Vocabulary
+
+    vocab = Vocabulary.parse(VOCABULARY)
+    rgb = synthetic_scene(size, size, seed=1)
+    with tempfile.TemporaryDirectory(prefix="segearth-parity-") as tmp:
+        folder = Path(tmp)
+        log(f"building a seeded random {arch} model and exporting its bundle ...")
+        _worker("prepare", folder, arch)
+        baseline, _ = _load(folder, "onnx", "cpu")
+        expected = segment_image(baseline, rgb, vocab)
+        text = baseline.text_features(vocab.queries)
+        log(f"{arch} (seeded random weights), {size}x{size} -> 448, against onnx on cpu ({baseline.runtime})")
+        log(f"{'variant':<26}{'max |logit diff|':>18}{'labels equal':>14}{'max |text diff|':>17}  runtime")
+
+        def compare(label, model):
+            result = segment_image(model, rgb, vocab, batch_size=16)
+            logits = float(np.abs(result.logits - expected.logits).max())
+            labels = 100.0 * float((result.labels == expected.labels).mean())
+            text_diff = float(np.abs(model.text_features(vocab.queries) - text).max())
+            log(f"{label:<26}{logits:>18.2e}{labels:>13.3f}%{text_diff:>17.2e}  {getattr(model, 'runtime', '')}")
+
+        compare("onnx cuda", _load(folder, "onnx", "cuda")[0])
+        torch_cuda, _ = _load(folder, "torch", "cuda")
+        compare("torch cuda", torch_cuda)
+        compare("torch cpu", _load(folder, "torch", "cpu")[0])
+        plain = torch_cuda.encode_windows
+
+        def half_encoder(x, pos_grid=None):
+            with torch.autocast("cuda", dtype=torch.float16):
+                return plain(x, pos_grid)
+
+        torch_cuda.encode_windows = half_encoder
+        compare("torch cuda, fp16 encoder", torch_cuda)
+        torch_cuda.encode_windows = plain
+        runtime.CUDA_PROVIDER_OPTIONS["use_tf32"] = "1"
+        runtime.SESSIONS.release(folder)
+        compare("onnx cuda, TF32", _load(folder, "onnx", "cuda")[0])
     return 0
 
 
@@ -124,7 +208,8 @@ def main(argv=None):
     if args.step == "prepare":
         _prepare(args.folder, args.rest[0])
     else:
-        _run(args.folder, args.rest[0], int(args.rest[1]), int(args.rest[2]))
+        name, size, runs, device, longer_side = args.rest
+        _run(args.folder, name, int(size), int(runs), device, int(longer_side))
     return 0
 
 

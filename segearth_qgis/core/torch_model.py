@@ -3,6 +3,7 @@
 The forward pass has no data-dependent Python control flow (only shape-dependent), so it exports to ONNX as it is.
 """
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -71,6 +72,15 @@ def modified_attention(attn, x, variant):
         weights = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
     out = (weights @ v).transpose(1, 2).reshape(batch, tokens, width)
     return attn.out_proj(out)
+
+
+def strict_float32(device):
+    """On CUDA, cuDNN without TF32 (torch allows it for convolutions by default; matmuls already run in float32)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                       allow_tf32=False)
 
 
 class SegEarthModel(nn.Module):
@@ -150,9 +160,10 @@ class SegEarthModel(nn.Module):
 
         Kept as the yardstick for tests and benchmarks; ``window_logits`` computes the same values much faster.
         """
-        cls, features = self.encode_windows(x)
-        if self.upsampler is not None:
-            features = self.upsampler(features, x)
+        with strict_float32(self.device):
+            cls, features = self.encode_windows(x)
+            if self.upsampler is not None:
+                features = self.upsampler(features, x)
         features = features / features.norm(dim=1, keepdim=True)
         cls = cls / cls.norm(dim=-1, keepdim=True)
         logits = torch.einsum("bdhw,qd->bqhw", features, text_features)
@@ -160,7 +171,7 @@ class SegEarthModel(nn.Module):
 
     def window_logits(self, windows, text_features, gba_lambda):
         """GBA cosine logits (B, Q, h, w) for normalised windows, through the exact reduced-channel SimFeatUp."""
-        with torch.inference_mode():
+        with torch.inference_mode(), strict_float32(self.device):
             x = torch.from_numpy(np.ascontiguousarray(windows, np.float32)).to(self.device)
             cls, patches = (t.float().cpu().numpy() for t in self.encode_windows(x))
             if self.upsampler is None:
