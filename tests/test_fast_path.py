@@ -84,3 +84,20 @@ def test_compiled_stage_kernels_equal_torch():
     for k, (a, b) in enumerate(zip(ours, expected, strict=True)):
         assert a.shape == (2, 12 * 2 ** k, 8 * 2 ** k, 121)
         np.testing.assert_allclose(a, b.permute(0, 2, 3, 1).numpy(), atol=2e-6)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_cosine_head_equals_an_explicit_computation(compiled, monkeypatch):
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((2, 40, 9)).astype(np.float32)
+    offsets = rng.standard_normal((2, 9)).astype(np.float32)
+    text = rng.standard_normal((2, 4, 9)).astype(np.float32)
+    gba = rng.standard_normal((2, 4)).astype(np.float32)
+    if not compiled:
+        monkeypatch.setitem(simfeatup_cpu._NUMBA, "kernels", None)
+    expected = np.empty((2, 4, 40))
+    for n in range(2):
+        for p in range(40):
+            v = features[n, p].astype(np.float64) + offsets[n]
+            expected[n, :, p] = text[n].astype(np.float64) @ v / np.sqrt(v @ v) - gba[n]
+    np.testing.assert_allclose(simfeatup_cpu.cosine_head(features, offsets, text, gba), expected, atol=2e-5)

@@ -9,6 +9,8 @@ In eval mode SimFeatUp is linear in its features and acts on every channel with 
 
 import numpy as np
 
+from .simfeatup_cpu import cosine_head
+
 
 def cls_logits(cls, text_features):
     """The GBA term: normalised CLS against the text features, (B, Q)."""
@@ -42,10 +44,7 @@ def upsampled_logits(cls, patches, text_features, gba_lambda, weight, bias, upsa
     rank = reduced[0].shape[0]
     grid = np.stack(reduced).reshape(batch, rank, height, width).transpose(0, 2, 3, 1)
     features = upsample(np.ascontiguousarray(grid, np.float32))
-    features += np.stack(offsets).astype(np.float32)[:, None, None, :]
     out_h, out_w = features.shape[1:3]
-    flat = features.reshape(batch, out_h * out_w, rank)
-    dots = flat @ np.stack(reduced_text).astype(np.float32).transpose(0, 2, 1)
-    cosines = dots / np.linalg.norm(flat, axis=2, keepdims=True)
-    logits = cosines - np.float32(gba_lambda) * cls_logits(cls, text_features)[:, None, :]
-    return np.ascontiguousarray(logits.transpose(0, 2, 1).reshape(batch, -1, out_h, out_w), np.float32)
+    gba = np.float32(gba_lambda) * cls_logits(cls, text_features)
+    logits = cosine_head(features.reshape(batch, out_h * out_w, rank), np.stack(offsets), np.stack(reduced_text), gba)
+    return logits.reshape(batch, -1, out_h, out_w)

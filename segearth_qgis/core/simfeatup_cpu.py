@@ -152,12 +152,32 @@ def _build_numba_kernels():
                 for t in range(taps):
                     logits[t] = logits[t] / norm
 
+    @numba.njit(parallel=True, cache=True)
+    def cosine_head(features, offsets, text, gba, out):
+        """out[n, q, p] = <f + o, t_q> / |f + o| - gba[n, q] for f = features[n, p], o = offsets[n], t = text[n]."""
+        batch, pixels, rank = features.shape
+        for row in numba.prange(batch * pixels):
+            n = row // pixels
+            p = row % pixels
+            f = features[n, p]
+            o = offsets[n]
+            square = np.float32(0.0)
+            for c in range(rank):
+                square += (f[c] + o[c]) * (f[c] + o[c])
+            norm = np.sqrt(square)
+            for q in range(text.shape[1]):
+                t = text[n, q]
+                dot = np.float32(0.0)
+                for c in range(rank):
+                    dot += (f[c] + o[c]) * t[c]
+                out[n, q, p] = dot / norm - gba[n, q]
+
     @numba.vectorize(["float32(float32)"], target="parallel", cache=True)
     def gelu(x):
         return np.float32(0.5) * x * (np.float32(1.0) + np.float32(math.erf(x / math.sqrt(2.0))))
 
     return {"adaptive_conv": adaptive_conv, "resample_cols": resample_cols, "resample_rows": resample_rows,
-            "range_kernel": range_kernel, "gelu": gelu}
+            "range_kernel": range_kernel, "gelu": gelu, "cosine_head": cosine_head}
 
 
 _NUMBA = {}
@@ -172,6 +192,20 @@ def _numba_kernels():
 
 def numba_available():
     return _numba_kernels() is not None
+
+
+def cosine_head(features, offsets, text, gba):
+    """GBA cosine logits (N, Q, P) of channels-last features (N, P, r) shifted by offsets (N, r), against per-window
+    text (N, Q, r), minus gba (N, Q): one pass over the features where numba is installed."""
+    features, offsets, text, gba = (np.ascontiguousarray(a, np.float32) for a in (features, offsets, text, gba))
+    kernels = _numba_kernels()
+    if kernels is not None:
+        out = np.empty((features.shape[0], text.shape[1], features.shape[1]), np.float32)
+        kernels["cosine_head"](features, offsets, text, gba, out)
+        return out
+    shifted = features + offsets[:, None, :]
+    cosines = (shifted @ text.transpose(0, 2, 1)) / np.linalg.norm(shifted, axis=2, keepdims=True)
+    return (cosines - gba[:, None, :]).transpose(0, 2, 1)
 
 
 def adaptive_conv_channels_last(padded, kernel):

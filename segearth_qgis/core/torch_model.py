@@ -158,7 +158,7 @@ class SegEarthModel(nn.Module):
     def reference_order_logits(self, x, text_features, gba_lambda):
         """The official order of operations in torch: SimFeatUp at full channel count, then normalise and GBA.
 
-        Kept as the yardstick for tests and benchmarks; ``window_logits`` computes the same values much faster.
+        The yardstick of tests and benchmarks, and the CUDA path; on the CPU ``window_logits`` reorders it exactly.
         """
         with strict_float32(self.device):
             cls, features = self.encode_windows(x)
@@ -173,6 +173,9 @@ class SegEarthModel(nn.Module):
         """GBA cosine logits (B, Q, h, w) for normalised windows, through the exact reduced-channel SimFeatUp."""
         with torch.inference_mode(), strict_float32(self.device):
             x = torch.from_numpy(np.ascontiguousarray(windows, np.float32)).to(self.device)
+            if self.device.type == "cuda":  # the GPU runs the official order faster than the host-side reordering
+                text = torch.from_numpy(np.ascontiguousarray(text_features, np.float32)).to(self.device)
+                return self.reference_order_logits(x, text, gba_lambda).cpu().numpy()
             cls, patches = (t.float().cpu().numpy() for t in self.encode_windows(x))
             if self.upsampler is None:
                 return patch_grid_logits(cls, patches, text_features, gba_lambda)
