@@ -173,17 +173,18 @@ def parity(arch="ViT-B-16", size=448, log=print):
         log(f"{arch} (seeded random weights), {size}x{size} -> 448, against onnx on cpu ({baseline.runtime})")
         log(f"{'variant':<26}{'max |logit diff|':>18}{'labels equal':>14}{'max |text diff|':>17}  runtime")
 
-        def compare(label, model):
+        def compare(label, loaded):
+            model, runtime_text = loaded
             result = segment_image(model, rgb, vocab, batch_size=16)
             logits = float(np.abs(result.logits - expected.logits).max())
             labels = 100.0 * float((result.labels == expected.labels).mean())
             text_diff = float(np.abs(model.text_features(vocab.queries) - text).max())
-            log(f"{label:<26}{logits:>18.2e}{labels:>13.3f}%{text_diff:>17.2e}  {getattr(model, 'runtime', '')}")
+            log(f"{label:<26}{logits:>18.2e}{labels:>13.3f}%{text_diff:>17.2e}  {runtime_text}")
 
-        compare("onnx cuda", _load(folder, "onnx", "cuda")[0])
-        torch_cuda, _ = _load(folder, "torch", "cuda")
-        compare("torch cuda", torch_cuda)
-        compare("torch cpu", _load(folder, "torch", "cpu")[0])
+        compare("onnx cuda", _load(folder, "onnx", "cuda"))
+        torch_cuda, torch_runtime = _load(folder, "torch", "cuda")
+        compare("torch cuda", (torch_cuda, torch_runtime))
+        compare("torch cpu", _load(folder, "torch", "cpu"))
         plain = torch_cuda.encode_windows
 
         def half_encoder(x, pos_grid=None):
@@ -191,11 +192,11 @@ def parity(arch="ViT-B-16", size=448, log=print):
                 return plain(x, pos_grid)
 
         torch_cuda.encode_windows = half_encoder
-        compare("torch cuda, fp16 encoder", torch_cuda)
+        compare("torch cuda, fp16 encoder", (torch_cuda, torch_runtime))
         torch_cuda.encode_windows = plain
         runtime.CUDA_PROVIDER_OPTIONS["use_tf32"] = "1"
         runtime.SESSIONS.release(folder)
-        compare("onnx cuda, TF32", _load(folder, "onnx", "cuda")[0])
+        compare("onnx cuda, TF32", _load(folder, "onnx", "cuda"))
     return 0
 
 
