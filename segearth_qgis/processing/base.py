@@ -91,6 +91,9 @@ class ProcessingFeedbackBridge:
         self.feedback.pushWarning(text)
 
 
+CLASSIFIED_PROPERTY = "segearth/classified"  # set on loaded outputs: the map action does not offer them as input
+
+
 class ClassStyler(QgsProcessingLayerPostProcessorInterface):
     """Gives a loaded output the paletted (raster) or categorized (vector) renderer with the class names."""
 
@@ -119,6 +122,7 @@ class ClassStyler(QgsProcessingLayerPostProcessorInterface):
             classes = [QgsPalettedRasterRenderer.Class(i, color, name)
                        for i, (name, color) in enumerate(zip(self.class_names, self.colors, strict=True))]
             layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
+            layer.setCustomProperty(CLASSIFIED_PROPERTY, True)
         layer.triggerRepaint()
         if self in ClassStyler._alive:
             ClassStyler._alive.remove(self)
