@@ -160,6 +160,8 @@ def bench(args):
 
     if args.what == "parity":
         return benchmarks.parity(args.arch, args.size)
+    if args.what == "memory":
+        return benchmarks.memory(args.resolution)
     return benchmarks.speed(args.arch, args.size, args.runs, args.device, args.longer_side)
 
 
@@ -209,12 +211,14 @@ def main(argv=None):
     exp.add_argument("--tolerance", type=float, default=1e-4, help="largest relative onnx-vs-torch difference")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     bench_parser = sub.add_parser("bench", help="benchmarks that print figures")
-    bench_parser.add_argument("what", choices=["speed", "parity"],
-                              help="speed: the three implementations; parity: CUDA against the CPU (needs a GPU)")
+    bench_parser.add_argument("what", choices=["speed", "parity", "memory"],
+                              help="speed: the three implementations; parity: CUDA against the CPU (needs a GPU); "
+                                   "memory: the streaming pipeline on rasters up to 20000x20000")
     bench_parser.add_argument("--arch", default="ViT-B-16")
     bench_parser.add_argument("--size", type=int, default=448, help="side of the square test image")
     bench_parser.add_argument("--runs", type=int, default=1, help="timed runs per implementation (best is kept)")
     bench_parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bench_parser.add_argument("--resolution", type=float, default=5.0, help="memory: processing resolution in metres")
     bench_parser.add_argument("--longer-side", type=int, default=448,
                               help="the image is resized to this longer side first, as the reference does; 0 keeps it")
     args = parser.parse_args(argv)

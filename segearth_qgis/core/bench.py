@@ -1,7 +1,8 @@
-"""Speed benchmark: the official order of operations against our torch and ONNX backends, on one seeded model.
+"""Benchmarks that print figures: speed (the official order against our backends), parity on CUDA, and memory of the
+streaming pipeline on large rasters.
 
-Each implementation runs in its own process, so its peak RSS is its own (model loading included) and no run
-inherits another's caches; the export that makes the bundle also runs apart and is not timed.
+Each measured run has its own process, so its peak RSS is its own (model loading included) and no run inherits
+another's caches; the export that makes the bundle also runs apart and is not timed.
 """
 
 import argparse
@@ -200,14 +201,108 @@ def parity(arch="ViT-B-16", size=448, log=print):
     return 0
 
 
+MEMORY_SIDES = (2000, 8000, 20000)
+MEMORY_TILE = 1000
+
+
+def _mosaic_vrt(tile_path, side, path):
+    """A ``side`` x ``side`` VRT that repeats one 0.5 m GeoTIFF tile: a large raster that costs no disk."""
+    from osgeo import gdal
+
+    tile = gdal.Open(str(tile_path))
+    x0, dx, _, y0, _, dy = tile.GetGeoTransform()
+    vrt = gdal.GetDriverByName("VRT").Create(str(path), side, side, 0)
+    vrt.SetGeoTransform((x0, dx, 0.0, y0, 0.0, dy))
+    vrt.SetProjection(tile.GetProjection())
+    for band_index in range(1, 4):
+        vrt.AddBand(gdal.GDT_Byte)
+        sources = []
+        for row in range(0, side, MEMORY_TILE):
+            for col in range(0, side, MEMORY_TILE):
+                width, height = min(MEMORY_TILE, side - col), min(MEMORY_TILE, side - row)
+                sources.append(f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{tile_path}</SourceFilename>"
+                               f"<SourceBand>{band_index}</SourceBand>"
+                               f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{width}\" ySize=\"{height}\"/>"
+                               f"<DstRect xOff=\"{col}\" yOff=\"{row}\" xSize=\"{width}\" ySize=\"{height}\"/>"
+                               "</SimpleSource>")
+        band = vrt.GetRasterBand(band_index)
+        band.SetColorInterpretation(gdal.GCI_RedBand + band_index - 1)
+        band.SetMetadata({f"source_{i}": xml for i, xml in enumerate(sources)}, "new_vrt_sources")
+    vrt.FlushCache()
+    return path
+
+
+def _prepare_memory(folder):
+    from osgeo import gdal, osr
+
+    from .export import export_bundle
+    from .random_model import write_random_checkpoints
+    from .synthetic import synthetic_scene
+
+    checkpoints = write_random_checkpoints(folder / "weights", seed=0)
+    export_bundle(checkpoints["clip"], checkpoints["upsampler"], checkpoints["arch"], folder / "bundle",
+                  keep_checkpoints=False, log=lambda _: None)
+    tile = gdal.GetDriverByName("GTiff").Create(str(folder / "tile.tif"), MEMORY_TILE, MEMORY_TILE, 3, gdal.GDT_Byte)
+    tile.SetGeoTransform((500000.0, 0.5, 0.0, 5600000.0, 0.0, -0.5))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(25832)
+    tile.SetProjection(srs.ExportToWkt())
+    for index, band in enumerate(synthetic_scene(MEMORY_TILE, MEMORY_TILE, seed=2).transpose(2, 0, 1), start=1):
+        tile.GetRasterBand(index).WriteArray(band)
+    tile = None
+    for side in MEMORY_SIDES:
+        _mosaic_vrt(folder / "tile.tif", side, folder / f"mosaic_{side}.vrt")
+
+
+def _run_memory(folder, side, resolution):
+    from .bundle import load_bundle
+    from .pipeline import SegmentOptions, SegmentOutputs, segment_raster
+    from .vocabulary import Vocabulary
+
+    model = load_bundle(folder / "bundle", backend="onnx", device="cpu")
+    options = SegmentOptions(vocabulary=Vocabulary.parse(VOCABULARY), resolution=resolution)
+    start = time.perf_counter()
+    result = segment_raster(model, str(folder / f"mosaic_{side}.vrt"),
+                            SegmentOutputs(str(folder / f"classes_{side}.tif")), options)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "peak_rss": peak, "windows": result.windows,
+                      "processing": list(result.processing_size), "output": list(result.output_size)}))
+
+
+def memory(resolution=5.0, log=print):
+    """Peak RSS and time of the streaming pipeline on mosaics of 2000^2, 8000^2 and 20000^2 pixels of 0.5 m,
+    processed at ``resolution`` metres with the tiny random model; classes are written on the input's grid."""
+    from .vocabulary import Vocabulary
+
+    with tempfile.TemporaryDirectory(prefix="segearth-memory-") as tmp:
+        folder = Path(tmp)
+        log("building the tiny random bundle and the mosaics (not timed) ...")
+        _worker("prepare-memory", folder)
+        queries = len(Vocabulary.parse(VOCABULARY).queries)
+        log(f"tiny random model, onnx on cpu, {queries} queries, 0.5 m RGB VRT mosaics processed at {resolution:g} m, "
+            "classes written at 0.5 m (uint8 GeoTIFF, DEFLATE); GDAL block cache held to 256 MB")
+        log(f"{'input pixels':>16}{'processed':>13}{'windows':>9}{'seconds':>9}{'peak RSS':>11}")
+        for side in MEMORY_SIDES:
+            result = json.loads(_worker("run-memory", folder, side, resolution))
+            processed = "x".join(str(v) for v in result["processing"])
+            log(f"{f'{side}x{side}':>16}{processed:>13}{result['windows']:>9}{result['seconds']:>9.1f}"
+                f"{result['peak_rss'] / 2 ** 30:>9.2f} GB")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="internal worker of the speed benchmark")
-    parser.add_argument("step", choices=["prepare", "run"])
+    parser.add_argument("step", choices=["prepare", "run", "prepare-memory", "run-memory"])
     parser.add_argument("folder", type=Path)
     parser.add_argument("rest", nargs="*")
     args = parser.parse_args(argv)
     if args.step == "prepare":
         _prepare(args.folder, args.rest[0])
+    elif args.step == "prepare-memory":
+        _prepare_memory(args.folder)
+    elif args.step == "run-memory":
+        _run_memory(args.folder, int(args.rest[0]), float(args.rest[1]))
     else:
         name, size, runs, device, longer_side = args.rest
         _run(args.folder, name, int(size), int(runs), device, int(longer_side))

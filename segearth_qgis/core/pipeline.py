@@ -16,7 +16,14 @@ import numpy as np
 from osgeo import gdal
 
 from .geo import AreaMeter
-from .raster import CONFIDENCE_NODATA, LABEL_NODATA, ProcessingSource, RasterInputError, RasterWriter
+from .raster import (
+    CONFIDENCE_NODATA,
+    LABEL_NODATA,
+    ProcessingSource,
+    RasterInputError,
+    RasterWriter,
+    bounded_block_cache,
+)
 from .resize import bilinear_taps, interpolate_taps
 from .segment import Cancelled, classify, normalize, window_batches, window_boxes
 from .style import class_colors, qml_path, raster_qml, vector_qml, write_text_atomically
@@ -126,7 +133,11 @@ def _check_window(options, patch_size):
 
 def segment_raster(model, input_path, outputs, options, feedback=None):
     """Segment ``input_path`` into ``outputs``; returns a ``RasterSegmentation``. Nothing is left behind on failure."""
-    feedback = feedback or Feedback()
+    with bounded_block_cache():
+        return _segment_raster(model, input_path, outputs, options, feedback or Feedback())
+
+
+def _segment_raster(model, input_path, outputs, options, feedback):
     start = time.perf_counter()
     _check_window(options, model.patch_size)
     class_names, background_index = options.vocabulary.background(options.background)

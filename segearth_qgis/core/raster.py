@@ -4,8 +4,10 @@ The input is never modified: every read goes through in-memory VRTs (band subset
 resolution), and every output is written under a temporary name beside its destination and renamed at the end.
 """
 
+import contextlib
 import math
 import os
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,30 @@ STRETCH_SAMPLE = 1024
 GTIFF_OPTIONS = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
 
 gdal.UseExceptions()
+
+
+BLOCK_CACHE_LIMIT = 256 * 2 ** 20
+_cache_lock = threading.Lock()
+_cache_users = {"count": 0, "previous": None}
+
+
+@contextlib.contextmanager
+def bounded_block_cache(limit=BLOCK_CACHE_LIMIT):
+    """Hold GDAL's process-wide block cache (5 % of RAM by default) to ``limit`` bytes while streams run: a stream
+    reads and writes each block once, so a larger cache only makes the process grow with the raster. The first
+    stream in saves the setting and the last one out restores it."""
+    with _cache_lock:
+        if _cache_users["count"] == 0:
+            _cache_users["previous"] = gdal.GetCacheMax()
+            gdal.SetCacheMax(min(_cache_users["previous"], limit))
+        _cache_users["count"] += 1
+    try:
+        yield
+    finally:
+        with _cache_lock:
+            _cache_users["count"] -= 1
+            if _cache_users["count"] == 0:
+                gdal.SetCacheMax(_cache_users["previous"])
 
 
 class RasterInputError(ValueError):
