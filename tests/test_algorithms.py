@@ -293,3 +293,40 @@ def test_qgis_process_runs_segment_with_a_json_report(tiny_bundle, tmp_path):
     assert "CPUExecutionProvider" in report["results"]["RUNTIME"]
     assert class_table(tmp_path / "classes.tif")[0] == ["building", "road", "unclassified"]
     assert gdal.Open(str(tmp_path / "classes.tif")).GetGeoTransform() == gdal.Open(source).GetGeoTransform()
+
+
+def test_web_layer_is_fetched_through_its_provider(segearth_processing, tiny_bundle, tmp_path):
+    """An XYZ layer (local tiles through a file:// URL) is fetched for EXTENT at RESOLUTION, segmented, and the
+    temporary GeoTIFF is removed."""
+    import processing  # noqa: F401  (QgsProcessingUtils.tempFolder below is the one processing.run uses)
+    from qgis.core import QgsProcessingUtils
+
+    zoom, first = 17, 2 ** 16  # tiles just south-east of (0, 0): 1.194 m pixels in EPSG:3857
+    scene = scene_bands(768, 768, seed=12)
+    driver = gdal.GetDriverByName("PNG")
+    for row in range(3):
+        for col in range(3):
+            folder = tmp_path / "tiles" / str(zoom) / str(first + col)
+            folder.mkdir(parents=True, exist_ok=True)
+            tile = gdal.GetDriverByName("MEM").Create("", 256, 256, 3, gdal.GDT_Byte)
+            for index in range(3):
+                tile.GetRasterBand(index + 1).WriteArray(scene[index, 256 * row:256 * (row + 1),
+                                                               256 * col:256 * (col + 1)])
+            driver.CreateCopy(str(folder / f"{first + row}.png"), tile)
+    uri = f"type=xyz&url=file://{tmp_path / 'tiles'}/{{z}}/{{x}}/{{y}}.png&zmin={zoom}&zmax={zoom}"
+    layer = QgsRasterLayer(uri, "local xyz", "wms")
+    assert layer.isValid(), layer.error().summary()
+    before = set(os.listdir(QgsProcessingUtils.tempFolder()))
+    out = tmp_path / "out"
+    result = segment(tiny_bundle, layer, out, EXTENT="50,850,-850,-50 [EPSG:3857]", RESOLUTION=2.0)
+    dataset = gdal.Open(result["OUTPUT"])
+    assert osr.SpatialReference(dataset.GetProjection()).GetAuthorityCode(None) == "3857"
+    x0, dx, _, y0, _, dy = dataset.GetGeoTransform()
+    assert (x0, y0) == pytest.approx((50, -50)) and (x0 + dx * dataset.RasterXSize) == pytest.approx(850)
+    assert y0 + dy * dataset.RasterYSize == pytest.approx(-850)
+    assert dx == pytest.approx(2.0, rel=0.01) and dy == pytest.approx(-2.0, rel=0.01)
+    labels = read_band(result["OUTPUT"])
+    assert (labels != 255).all() and set(np.unique(labels)) <= set(range(5))
+    assert "CPUExecutionProvider" in result["RUNTIME"]
+    assert not [name for name in set(os.listdir(QgsProcessingUtils.tempFolder())) - before
+                if name.startswith("web-layer-")]

@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
     QgsProcessingUtils,
     QgsProviderRegistry,
+    QgsRasterBlockFeedback,
     QgsRasterDataProvider,
     QgsRasterFileWriter,
     QgsRasterPipe,
@@ -246,7 +247,12 @@ def gdal_source(layer, extent, resolution, context, feedback):
     pipe.set(provider.clone())
     writer = QgsRasterFileWriter(path)
     writer.setOutputFormat("GTiff")
-    error = writer.writeRaster(pipe, cols, rows, rectangle, layer.crs(), context.transformContext(), feedback)
+    fetching = QgsRasterBlockFeedback()
+    feedback.canceled.connect(fetching.cancel)
+    error = writer.writeRaster(pipe, cols, rows, rectangle, layer.crs(), context.transformContext(), fetching)
+    if feedback.isCanceled():
+        remove_quietly(path)
+        raise QgsProcessingException("cancelled: no output was written")
     if error != QgsRasterFileWriter.WriterError.NoError:
         remove_quietly(path)
         raise QgsProcessingException(f"could not fetch {layer.name()} through its data provider (error {error}); "
