@@ -34,7 +34,8 @@ print(f"environment ok: QGIS {qgis.core.Qgis.QGIS_VERSION}, numpy {numpy.__versi
 CLI_COMMANDS = {
     "segment": "segment a raster into a classified GeoTIFF without QGIS (see segment --help)",
     "export": "export checkpoints to a validated ONNX model bundle",
-    "bench": "benchmarks that print figures (bench speed, bench memory)",
+    "bench": "benchmarks that print figures (bench speed, bench memory, bench parity)",
+    "models": "the model store: models download [optical|sar|all], models list, models install BUNDLE",
 }
 PACKAGE_LIMIT_BYTES = 25 * 1024 * 1024
 PACKAGE_FORBIDDEN = {".so", ".pyd", ".dll", ".dylib", ".exe", ".bin", ".onnx", ".pt", ".pth", ".ckpt", ".npz", ".npy",

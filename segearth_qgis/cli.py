@@ -155,6 +155,38 @@ def export(args):
     return 0
 
 
+def models(args):
+    """The model store from the command line: download the official weights, list, install offline bundles."""
+    from .core.bundle import BundleError, model_store
+    from .core.download import DownloadError
+    from .core.models import download_model, install_bundle, installed_bundles
+    from .core.segment import Cancelled
+
+    feedback = console_feedback()
+    try:
+        if args.action == "download":
+            for modality in ("optical", "sar") if args.which == "all" else (args.which,):
+                download_model(modality, progress=feedback.progress, log=feedback.info)
+        elif args.action == "install":
+            install_bundle(args.bundle, make_default=not args.no_default, overwrite=args.overwrite,
+                           log=feedback.info)
+        else:
+            found = installed_bundles()
+            print(f"model store: {model_store()}")
+            for entry in found:
+                print(f"  {entry['name']:<32} {entry['modality']:<8} {entry['bytes'] / 2 ** 20:8.1f} MB"
+                      f"{'  (default)' if entry['default'] else ''}")
+            if not found:
+                print("  no bundles installed: python3 build.py models download optical")
+    except (BundleError, DownloadError, FileExistsError, ImportError, ValueError) as error:
+        print(f"models {args.action} failed: {error}", file=sys.stderr)
+        return 1
+    except (Cancelled, KeyboardInterrupt):
+        print("cancelled: nothing was installed", file=sys.stderr)
+        return 130
+    return 0
+
+
 def bench(args):
     from .core import bench as benchmarks
 
@@ -210,6 +242,15 @@ def main(argv=None):
     exp.add_argument("--no-checkpoints", action="store_true", help="leave the torch checkpoints out of the bundle")
     exp.add_argument("--tolerance", type=float, default=1e-4, help="largest relative onnx-vs-torch difference")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    models_parser = sub.add_parser("models", help="the model store: download, list, install")
+    models_sub = models_parser.add_subparsers(dest="action", required=True)
+    download_parser = models_sub.add_parser("download", help="download the official weights and export bundles")
+    download_parser.add_argument("which", nargs="?", choices=["optical", "sar", "all"], default="optical")
+    models_sub.add_parser("list", help="the installed bundles")
+    install_parser = models_sub.add_parser("install", help="install a bundle folder or zip (offline)")
+    install_parser.add_argument("bundle", help="a bundle folder, its manifest.json, or its .zip")
+    install_parser.add_argument("--no-default", action="store_true", help="do not make it the default model")
+    install_parser.add_argument("--overwrite", action="store_true", help="replace an installed bundle of that name")
     bench_parser = sub.add_parser("bench", help="benchmarks that print figures")
     bench_parser.add_argument("what", choices=["speed", "parity", "memory"],
                               help="speed: the three implementations; parity: CUDA against the CPU (needs a GPU); "
@@ -230,6 +271,8 @@ def main(argv=None):
         return segment(args)
     if args.command == "export":
         return export(args)
+    if args.command == "models":
+        return models(args)
     return bench(args)
 
 

@@ -91,6 +91,7 @@ def verify_bundle(folder):
 
 
 DEFAULT_BUNDLES = {"optical": "segearth-ov-vit-b-16", "sar": "alignearth-sar-vit-b-16"}
+DEFAULTS_FILE = "defaults.json"
 
 
 def model_store():
@@ -103,16 +104,39 @@ def model_store():
     return Path(data) / "segearth-qgis" / "models"
 
 
+def chosen_defaults():
+    """``{modality: bundle name}`` chosen in the store (``defaults.json``); empty when none was chosen."""
+    try:
+        chosen = json.loads((model_store() / DEFAULTS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {k: v for k, v in chosen.items() if k in DEFAULT_BUNDLES and isinstance(v, str)}
+
+
+def set_default_bundle(modality, name):
+    """Make the installed bundle ``name`` the default model for ``modality`` imagery."""
+    if not (model_store() / name / MANIFEST).is_file():
+        raise BundleError(f"no bundle named {name} is installed in {model_store()}")
+    chosen = {**chosen_defaults(), modality: name}
+    path = model_store() / DEFAULTS_FILE
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial.write_text(json.dumps(chosen, indent=1))
+    os.replace(partial, path)
+
+
 def default_bundle(modality):
     """The installed default bundle for ``optical`` or ``sar`` imagery; BundleError saying how to get one."""
     if modality not in DEFAULT_BUNDLES:
         raise ValueError(f"modality must be optical or sar, not {modality!r}")
-    folder = model_store() / DEFAULT_BUNDLES[modality]
+    folder = model_store() / (chosen_defaults().get(modality) or DEFAULT_BUNDLES[modality])
     if (folder / MANIFEST).is_file():
         return folder
-    raise BundleError(f"no default {modality} model is installed (looked for {folder}). Choose a model bundle "
-                      "(a folder with manifest.json, or its .zip) as MODEL, or export the official weights into "
-                      f"that folder: python3 build.py export ... --out {folder} (README: Model bundles)")
+    raise BundleError(
+        f"no default {modality} model is installed (looked for {folder}). With internet: run the Processing "
+        f"algorithm 'Install a model' (segearth:install_model, SOURCE={modality}) or python3 build.py models download "
+        f"{modality}. Offline: do that on a connected machine, copy the bundle folder or zip from its model folder "
+        "over, and install it with segearth:install_model (BUNDLE=...) or python3 build.py models install BUNDLE.zip. "
+        "Or choose a bundle (a folder with manifest.json, or its .zip) as MODEL.")
 
 
 def load_model(path=None, modality="optical", backend="auto", device="auto"):

@@ -20,10 +20,11 @@ class SegEarthProvider(QgsProcessingProvider):
         return QIcon(str(resource_path("icon.svg")))
 
     def loadAlgorithms(self):
+        from .install_model import InstallModelAlgorithm
         from .segment import SegmentAlgorithm
         from .vectorize import VectorizeAlgorithm
 
-        for algorithm in (SegmentAlgorithm(), VectorizeAlgorithm()):
+        for algorithm in (SegmentAlgorithm(), VectorizeAlgorithm(), InstallModelAlgorithm()):
             self.addAlgorithm(algorithm)
 
     def supportedOutputRasterLayerExtensions(self):

@@ -1,0 +1,83 @@
+"""``segearth:install_model``: download the official weights into default bundles, or install a bundle offline."""
+
+from urllib.parse import quote
+
+from qgis.core import (
+    QgsNetworkAccessManager,
+    QgsProcessingException,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+)
+from qgis.PyQt.QtNetwork import QNetworkProxy
+
+from .base import FILE, ProcessingFeedbackBridge, SegEarthAlgorithm, runtime_import
+
+SOURCES = ["optical", "sar", "all"]
+
+
+def qgis_proxies():
+    """QGIS's proxy (Settings > Options > Network) as urllib proxies; None leaves the environment's in effect."""
+    proxy = QgsNetworkAccessManager.instance().fallbackProxy()
+    if proxy.type() not in (QNetworkProxy.ProxyType.HttpProxy, QNetworkProxy.ProxyType.HttpCachingProxy) or \
+            not proxy.hostName():
+        return None
+    credentials = f"{quote(proxy.user(), safe='')}:{quote(proxy.password(), safe='')}@" if proxy.user() else ""
+    url = f"http://{credentials}{proxy.hostName()}:{proxy.port()}"
+    return {"http": url, "https": url}
+
+
+class InstallModelAlgorithm(SegEarthAlgorithm):
+    def name(self):
+        return "install_model"
+
+    def displayName(self):
+        return "Install a model"
+
+    def shortHelpString(self):
+        return ("Installs the models that <i>Map classes</i> uses when MODEL is empty.<br><b>With internet:</b> "
+                "SOURCE <i>optical</i> downloads OpenAI CLIP ViT-B/16 and the SimFeatUp upsampler, <i>sar</i> the "
+                "AlignEarth SAR encoder (and the upsampler), <i>all</i> both; each file's origin and licence are "
+                "logged, its SHA-256 is checked (or recorded), interrupted downloads resume, and the weights are "
+                "exported into a model bundle (this needs torch and open_clip). QGIS's proxy settings are used."
+                "<br><b>Offline:</b> give BUNDLE, a bundle folder's manifest.json or its .zip made on a connected "
+                "machine; it is verified and copied into the model folder.<br>The model folder is outside the "
+                "plugin, so upgrading the plugin keeps the models (SEGEARTH_MODEL_DIR moves it).")
+
+    def initAlgorithm(self, config=None):
+        source = QgsProcessingParameterEnum("SOURCE", "Download", options=SOURCES, defaultValue="optical")
+        source.setUsesStaticStrings(True)
+        self.addParameter(source)
+        self.addParameter(QgsProcessingParameterFile("BUNDLE", "Or install this bundle (offline)", FILE,
+                                                     optional=True, fileFilter="Model bundles (manifest.json *.zip)"
+                                                                               ";;All files (*)"))
+        self.addParameter(QgsProcessingParameterBoolean("MAKE_DEFAULT", "Make it the default model of its modality",
+                                                        True))
+        self.addOutput(QgsProcessingOutputString("MODELS", "Installed bundle folders (one per line)"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        from ..core.bundle import BundleError
+        from ..core.download import DownloadError
+        from ..core.models import download_model, install_bundle
+        from ..core.segment import Cancelled
+
+        bundle = self.parameterAsFile(parameters, "BUNDLE", context)
+        bridge = ProcessingFeedbackBridge(feedback)
+        installed = []
+        try:
+            if bundle:
+                installed.append(install_bundle(bundle, self.parameterAsBool(parameters, "MAKE_DEFAULT", context),
+                                                log=feedback.pushInfo))
+            else:
+                which = self.parameterAsEnumString(parameters, "SOURCE", context)
+                for modality in ("optical", "sar") if which == "all" else (which,):
+                    installed.append(runtime_import(lambda modality=modality: download_model(
+                        modality, progress=bridge.progress, cancelled=bridge.cancelled, proxies=qgis_proxies(),
+                        log=feedback.pushInfo)))
+        except Cancelled:
+            raise QgsProcessingException("cancelled: nothing was installed (a new run starts the download again)"
+                                         ) from None
+        except (BundleError, DownloadError, FileExistsError, ValueError) as error:
+            raise QgsProcessingException(str(error)) from error
+        return {"MODELS": "\n".join(str(path) for path in installed)}
