@@ -8,10 +8,11 @@ from pathlib import Path
 DEMO_CLASSES = "background\nbuilding,roof\nroad\nwater,river\ntree,forest\nfield,grass"
 RANDOM_MODEL_WARNING = """
 ************************************************************************************************
-*  WARNING: no real model is installed, so this demo runs a SMOKE BUNDLE of RANDOM weights      *
-*  (seeded, tiny). Its classes are MEANINGLESS: the map shows that the pipeline runs end to    *
-*  end, not what is on the ground. Real mapping needs the real weights (CLIP ViT-B/16          *
-*  'openai' + SimFeatUp) exported into the default model folder; see README.md.                *
+*  WARNING: no real model is installed, so this demo runs a SMOKE BUNDLE of RANDOM weights    *
+*  (seeded, tiny). Its classes are MEANINGLESS: the map shows that the pipeline runs end to   *
+*  end, not what is on the ground. Real mapping needs the real weights (CLIP ViT-B/16         *
+*  'openai' + SimFeatUp): python3 build.py models download optical, or offline                *
+*  python3 build.py models install BUNDLE.zip (README.md: The real models).                   *
 ************************************************************************************************
 """
 
