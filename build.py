@@ -179,7 +179,7 @@ def qgis_env(venv, work):
     env.update(QGIS_PLUGINPATH=str(work / "plugins"), QGIS_CUSTOM_CONFIG_PATH=str(work / "profile"))
     enable = subprocess.run(["qgis_process.bin", "plugins", "enable", "segearth_qgis"], env=env, cwd=ROOT,
                             capture_output=True, text=True)
-    if enable.returncode:
+    if enable.returncode and "already enabled" not in enable.stdout + enable.stderr:
         raise SetupError(f"qgis_process.bin could not enable the staged plugin:\n{enable.stdout}{enable.stderr}")
     return env
 

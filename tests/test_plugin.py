@@ -138,3 +138,13 @@ def test_package_zip_installs_into_a_fresh_profile_and_the_provider_loads(tmp_pa
                    capture_output=True, timeout=120)
     listed = subprocess.run(["qgis_process.bin", "list"], env=env, capture_output=True, text=True, timeout=120)
     assert "segearth:segment" in listed.stdout and "segearth:vectorize" in listed.stdout, listed.stdout[-2000:]
+
+
+def test_qgis_env_can_be_prepared_twice(tmp_path):
+    """The demo and `build.py qgis` reuse out/qgis: enabling an already-enabled plugin is not an error."""
+    from pathlib import Path
+
+    first = build.qgis_env(Path(sys.prefix), tmp_path)
+    second = build.qgis_env(Path(sys.prefix), tmp_path)
+    assert first["QGIS_CUSTOM_CONFIG_PATH"] == second["QGIS_CUSTOM_CONFIG_PATH"] == str(tmp_path / "profile")
+    assert (tmp_path / "plugins" / "segearth_qgis" / "metadata.txt").is_file()
