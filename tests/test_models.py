@@ -229,3 +229,31 @@ def test_models_cli_installs_and_lists(store, tiny_bundle):
     again = subprocess.run([sys.executable, "-m", "segearth_qgis.cli", "models", "install", str(tiny_bundle)],
                            env=env, capture_output=True, text=True, timeout=120, cwd=build.ROOT)
     assert again.returncode == 1 and "already installed" in again.stderr
+
+
+def test_the_model_folder_setting_moves_the_store(segearth_processing, tiny_bundle, tmp_path, monkeypatch):
+    """Options > Processing > Providers > SegEarth-OV > Model folder: install_model and segment use that folder."""
+    import processing
+    from processing.core.ProcessingConfig import ProcessingConfig
+    from qgis.core import QgsSettings
+
+    from segearth_qgis.core.bundle import configure_model_store
+    from segearth_qgis.processing.base import MODEL_DIR_SETTING
+
+    monkeypatch.delenv("SEGEARTH_MODEL_DIR", raising=False)
+    monkeypatch.setenv("SEGEARTH_CACHE_DIR", str(tmp_path / "cache"))
+    assert ProcessingConfig.getSetting(MODEL_DIR_SETTING) is not None  # registered when the provider loaded
+    folder = tmp_path / "models-from-setting"
+    folder.mkdir()
+    key = f"Processing/Configuration/{MODEL_DIR_SETTING}"
+    QgsSettings().setValue(key, str(folder))
+    try:
+        result = processing.run("segearth:install_model", {"BUNDLE": str(tiny_bundle.with_suffix(".zip"))})
+        assert result["MODELS"] == str(folder / "tiny-optical")
+        source = write_geotiff(tmp_path / "scene.tif", scene_bands(80, 100, seed=2))
+        segmented = processing.run("segearth:segment", {"INPUT": source, "CLASSES": "building\nroad", "DEVICE": "cpu",
+                                                        "OUTPUT": str(tmp_path / "classes.tif")})
+        assert gdal.Open(segmented["OUTPUT"]).RasterXSize == 100
+    finally:
+        QgsSettings().remove(key)
+        configure_model_store(None)

@@ -94,12 +94,22 @@ DEFAULT_BUNDLES = {"optical": "segearth-ov-vit-b-16", "sar": "alignearth-sar-vit
 DEFAULTS_FILE = "defaults.json"
 
 
+_CONFIGURED_STORE = {"path": None}
+
+
+def configure_model_store(path):
+    """The store folder a front end chose (the plugin's Processing setting); None goes back to the default."""
+    _CONFIGURED_STORE["path"] = Path(path) if path else None
+
+
 def model_store():
-    """Where installed models live: ``SEGEARTH_MODEL_DIR``, else the user's data folder (outside the plugin, so
-    upgrading the plugin keeps them)."""
+    """Where installed models live: ``SEGEARTH_MODEL_DIR``, else the folder ``configure_model_store`` was given, else
+    the user's data folder (outside the plugin, so upgrading the plugin keeps them)."""
     override = os.environ.get("SEGEARTH_MODEL_DIR")
     if override:
         return Path(override)
+    if _CONFIGURED_STORE["path"] is not None:
+        return _CONFIGURED_STORE["path"]
     data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(data) / "segearth-qgis" / "models"
 

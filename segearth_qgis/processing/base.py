@@ -13,6 +13,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsRasterLayer,
     QgsRendererCategory,
+    QgsSettings,
     QgsVectorLayer,
 )
 from qgis.PyQt.QtGui import QColor, QIcon
@@ -31,6 +32,7 @@ else:
     INTEGER = QgsProcessingParameterNumber.Type.Integer
     FILE = QgsProcessingParameterFile.Behavior.File
 
+MODEL_DIR_SETTING = "SEGEARTH_MODEL_DIR"  # Options > Processing > Providers > SegEarth-OV > Model folder
 INSTALL_HINT = ("SegEarth-OV needs onnxruntime, numpy and GDAL in the Python that QGIS runs (torch and open_clip "
                 "only for the torch backend and exports). Install them with the plugin's dependency installer, or: "
                 "python3 -m pip install --user onnxruntime (onnxruntime-gpu on NVIDIA machines)")
@@ -57,6 +59,13 @@ class SegEarthAlgorithm(QgsProcessingAlgorithm):
             return
         processor = ClassStyler.create(class_names, colors, vector)
         context.layerToLoadOnCompletionDetails(destination).setPostProcessor(processor)
+
+
+def configure_model_store():
+    """Apply the provider's Model folder setting (SEGEARTH_MODEL_DIR in the environment still wins)."""
+    from ..core.bundle import configure_model_store as configure
+
+    configure(QgsSettings().value(f"Processing/Configuration/{MODEL_DIR_SETTING}", "", type=str) or None)
 
 
 def advanced(parameter):

@@ -12,7 +12,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtNetwork import QNetworkProxy
 
-from .base import FILE, ProcessingFeedbackBridge, SegEarthAlgorithm, runtime_import
+from .base import FILE, ProcessingFeedbackBridge, SegEarthAlgorithm, configure_model_store, runtime_import
 
 SOURCES = ["optical", "sar", "all"]
 
@@ -62,6 +62,7 @@ class InstallModelAlgorithm(SegEarthAlgorithm):
         from ..core.models import download_model, install_bundle
         from ..core.segment import Cancelled
 
+        configure_model_store()
         bundle = self.parameterAsFile(parameters, "BUNDLE", context)
         bridge = ProcessingFeedbackBridge(feedback)
         installed = []

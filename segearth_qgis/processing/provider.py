@@ -4,6 +4,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.resources import resource_path
+from .base import MODEL_DIR_SETTING
 
 
 class SegEarthProvider(QgsProcessingProvider):
@@ -18,6 +19,26 @@ class SegEarthProvider(QgsProcessingProvider):
 
     def icon(self):
         return QIcon(str(resource_path("icon.svg")))
+
+    def load(self):
+        """Registers the Model folder setting (Options > Processing > Providers), then the algorithms."""
+        try:
+            from processing.core.ProcessingConfig import ProcessingConfig, Setting
+        except ImportError:  # no Processing plugin (bare PyQGIS): the algorithms read the setting all the same
+            return super().load()
+        ProcessingConfig.settingIcons[self.name()] = self.icon()
+        ProcessingConfig.addSetting(Setting(self.name(), MODEL_DIR_SETTING, "Model folder (empty: the user's data "
+                                            "folder; SEGEARTH_MODEL_DIR overrides it)", "",
+                                            valuetype=Setting.FOLDER))
+        ProcessingConfig.readSettings()
+        return super().load()
+
+    def unload(self):
+        try:
+            from processing.core.ProcessingConfig import ProcessingConfig
+        except ImportError:
+            return
+        ProcessingConfig.removeSetting(MODEL_DIR_SETTING)
 
     def loadAlgorithms(self):
         from .install_model import InstallModelAlgorithm

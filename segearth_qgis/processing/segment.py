@@ -33,6 +33,7 @@ from .base import (
     ProcessingFeedbackBridge,
     SegEarthAlgorithm,
     advanced,
+    configure_model_store,
     runtime_import,
 )
 
@@ -159,6 +160,7 @@ class SegmentAlgorithm(SegEarthAlgorithm):
             raise QgsProcessingException(str(error)) from error
         for note in notes:
             feedback.pushInfo(note)
+        configure_model_store()
         model = self._load_model(parameters, context, feedback, modality)
         source, fetched = gdal_source(layer, extent, resolution, context, feedback)
         if fetched:
