@@ -21,23 +21,12 @@ def demo_prepare(out_dir):
     """Write the demo's GeoTIFF (a generated scene in UTM 32N) and pick its model; prints both as JSON."""
     import json
 
-    from osgeo import gdal, osr
-
     from .core.bundle import BundleError, default_bundle
-    from .core.synthetic import synthetic_scene
+    from .core.synthetic import write_scene_geotiff
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scene = synthetic_scene(480, 640, seed=0)
-    path = out / "scene.tif"
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), 640, 480, 3, gdal.GDT_Byte, ["PHOTOMETRIC=RGB"])
-    dataset.SetGeoTransform((356000.0, 0.5, 0.0, 5645000.0, 0.0, -0.5))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(25832)
-    dataset.SetProjection(srs.ExportToWkt())
-    for band in range(3):
-        dataset.GetRasterBand(band + 1).WriteArray(scene[..., band])
-    dataset = None
+    path = write_scene_geotiff(out / "scene.tif", 480, 640, seed=0)
     try:
         model, random_weights = str(default_bundle("optical")), False
     except BundleError:

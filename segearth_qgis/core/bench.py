@@ -7,6 +7,7 @@ another's caches; the export that makes the bundle also runs apart and is not ti
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -32,13 +33,7 @@ class ReferenceOrder:
         return self.model.text_features(queries)
 
     def window_logits(self, windows, text_features, gba_lambda):
-        import torch
-
-        device = self.model.device
-        with torch.inference_mode():
-            return self.model.reference_order_logits(torch.from_numpy(windows).to(device),
-                                                     torch.from_numpy(text_features).to(device),
-                                                     gba_lambda).cpu().numpy()
+        return self.model.reference_order_window_logits(windows, text_features, gba_lambda)
 
 
 def _prepare(folder, arch):
@@ -71,8 +66,6 @@ def _gpu_memory(name):
 
         return torch.cuda.max_memory_reserved()
     try:
-        import os
-
         import pynvml
 
         pynvml.nvmlInit()
@@ -197,7 +190,11 @@ def parity(arch="ViT-B-16", size=448, log=print):
         torch_cuda.encode_windows = plain
         runtime.CUDA_PROVIDER_OPTIONS["use_tf32"] = "1"
         runtime.SESSIONS.release(folder)
-        compare("onnx cuda, TF32", _load(folder, "onnx", "cuda"))
+        try:
+            compare("onnx cuda, TF32", _load(folder, "onnx", "cuda"))
+        finally:
+            runtime.CUDA_PROVIDER_OPTIONS["use_tf32"] = "0"
+            runtime.SESSIONS.release(folder)
     return 0
 
 
@@ -233,23 +230,10 @@ def _mosaic_vrt(tile_path, side, path):
 
 
 def _prepare_memory(folder):
-    from osgeo import gdal, osr
+    from .synthetic import write_scene_geotiff
 
-    from .export import export_bundle
-    from .random_model import write_random_checkpoints
-    from .synthetic import synthetic_scene
-
-    checkpoints = write_random_checkpoints(folder / "weights", seed=0)
-    export_bundle(checkpoints["clip"], checkpoints["upsampler"], checkpoints["arch"], folder / "bundle",
-                  keep_checkpoints=False, log=lambda _: None)
-    tile = gdal.GetDriverByName("GTiff").Create(str(folder / "tile.tif"), MEMORY_TILE, MEMORY_TILE, 3, gdal.GDT_Byte)
-    tile.SetGeoTransform((500000.0, 0.5, 0.0, 5600000.0, 0.0, -0.5))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(25832)
-    tile.SetProjection(srs.ExportToWkt())
-    for index, band in enumerate(synthetic_scene(MEMORY_TILE, MEMORY_TILE, seed=2).transpose(2, 0, 1), start=1):
-        tile.GetRasterBand(index).WriteArray(band)
-    tile = None
+    _prepare(folder, "tiny")
+    write_scene_geotiff(folder / "tile.tif", MEMORY_TILE, MEMORY_TILE, seed=2, origin=(500000.0, 5600000.0))
     for side in MEMORY_SIDES:
         _mosaic_vrt(folder / "tile.tif", side, folder / f"mosaic_{side}.vrt")
 
@@ -267,7 +251,7 @@ def _run_memory(folder, side, resolution):
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"seconds": seconds, "peak_rss": peak, "windows": result.windows,
-                      "processing": list(result.processing_size), "output": list(result.output_size)}))
+                      "processing": list(result.processing_size)}))
 
 
 def memory(resolution=5.0, log=print):

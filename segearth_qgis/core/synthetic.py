@@ -27,3 +27,19 @@ def synthetic_scene(height=480, width=640, seed=0):
     image[river] = (46, 86, 128)
     image += rng.normal(0, 6, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_scene_geotiff(path, height, width, seed=0, origin=(356000.0, 5645000.0), pixel=0.5, epsg=25832):
+    """The scene as an RGB GeoTIFF of ``pixel``-metre pixels whose top-left corner is ``origin`` in ``epsg``."""
+    from osgeo import gdal, osr
+
+    scene = synthetic_scene(height, width, seed=seed)
+    dataset = gdal.GetDriverByName("GTiff").Create(str(path), width, height, 3, gdal.GDT_Byte, ["PHOTOMETRIC=RGB"])
+    dataset.SetGeoTransform((origin[0], pixel, 0.0, origin[1], 0.0, -pixel))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    dataset.SetProjection(srs.ExportToWkt())
+    for band in range(3):
+        dataset.GetRasterBand(band + 1).WriteArray(scene[..., band])
+    dataset.FlushCache()
+    return path

@@ -169,13 +169,20 @@ class SegEarthModel(nn.Module):
         logits = torch.einsum("bdhw,qd->bqhw", features, text_features)
         return logits - gba_lambda * (cls @ text_features.T)[:, :, None, None]
 
-    def window_logits(self, windows, text_features, gba_lambda):
-        """GBA cosine logits (B, Q, h, w) for normalised windows, through the exact reduced-channel SimFeatUp."""
-        with torch.inference_mode(), strict_float32(self.device):
+    def reference_order_window_logits(self, windows, text_features, gba_lambda):
+        """``reference_order_logits`` on numpy windows and text features, returning numpy logits."""
+        with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(windows, np.float32)).to(self.device)
-            if self.device.type == "cuda":  # the GPU runs the official order faster than the host-side reordering
-                text = torch.from_numpy(np.ascontiguousarray(text_features, np.float32)).to(self.device)
-                return self.reference_order_logits(x, text, gba_lambda).cpu().numpy()
+            text = torch.from_numpy(np.ascontiguousarray(text_features, np.float32)).to(self.device)
+            return self.reference_order_logits(x, text, gba_lambda).cpu().numpy()
+
+    def window_logits(self, windows, text_features, gba_lambda):
+        """GBA cosine logits (B, Q, h, w) for normalised windows: on the CPU through the exact reduced-channel
+        SimFeatUp; on CUDA in the official order, which the GPU runs faster than the host-side reordering."""
+        if self.device.type == "cuda":
+            return self.reference_order_window_logits(windows, text_features, gba_lambda)
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(windows, np.float32)).to(self.device)
             cls, patches = (t.float().cpu().numpy() for t in self.encode_windows(x))
             if self.upsampler is None:
                 return patch_grid_logits(cls, patches, text_features, gba_lambda)

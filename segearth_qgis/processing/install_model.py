@@ -43,7 +43,8 @@ class InstallModelAlgorithm(SegEarthAlgorithm):
                 "exported into a model bundle (this needs torch and open_clip). QGIS's proxy settings are used."
                 "<br><b>Offline:</b> give BUNDLE, a bundle folder's manifest.json or its .zip made on a connected "
                 "machine; it is verified and copied into the model folder.<br>The model folder is outside the "
-                "plugin, so upgrading the plugin keeps the models (SEGEARTH_MODEL_DIR moves it).")
+                "plugin, so upgrading the plugin keeps the models; the provider's Model folder setting (Options > "
+                "Processing > Providers) or SEGEARTH_MODEL_DIR moves it.")
 
     def initAlgorithm(self, config=None):
         source = QgsProcessingParameterEnum("SOURCE", "Download", options=SOURCES, defaultValue="optical")
