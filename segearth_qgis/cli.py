@@ -112,7 +112,8 @@ def segment(args):
             classes=args.classes.replace("\\n", "\n") if args.classes else None, preset=args.preset,
             threshold=args.threshold, background=args.background, gba_lambda=args.gba_lambda, window=args.window,
             stride=args.stride, resolution=args.resolution, bands=args.bands,
-            extent=tuple(args.extent) if args.extent else None)
+            extent=tuple(args.extent) if args.extent else None, input_path=args.input, sensor=args.sensor,
+            polarisation=args.polarisation, model_path=args.model)
         for note in notes:
             feedback.info(note)
         model = load_model(args.model, modality, args.backend, args.device)
@@ -201,6 +202,9 @@ def main(argv=None):
     seg.add_argument("--classes", help="one class per line (or '\\n' between classes), commas between synonyms")
     seg.add_argument("--preset", help="an official dataset preset, e.g. openearthmap, loveda, potsdam")
     seg.add_argument("--model", help="model bundle folder, manifest.json or zip (default: the installed model)")
+    seg.add_argument("--sensor", default="auto", choices=["auto", "optical", "sar"],
+                     help="auto: radar only on evidence in the file (complex type, polarisation names, SAR metadata)")
+    seg.add_argument("--polarisation", help="SAR: a polarisation (VV, VH, HH, HV) or a band number; default VV")
     seg.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     seg.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
     seg.add_argument("--resolution", type=float, default=0.0, help="processing resolution in metres (0: native)")

@@ -54,6 +54,17 @@ def tiny_bundle(tiny_checkpoints, tmp_path_factory):
                          quick_gelu=True, make_zip=True, log=lambda _: None)
 
 
+@pytest.fixture(scope="session")
+def tiny_sar_bundle(tiny_checkpoints, tmp_path_factory):
+    """The tiny model exported as a SAR bundle with the SAR settings of method.md §3 (GELU, SCLIP on the last 2
+    blocks, λ 0.3)."""
+    from segearth_qgis.core.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-sar"
+    return export_bundle(tiny_checkpoints["clip"], tiny_checkpoints["upsampler"], tiny_checkpoints["arch"], out,
+                         quick_gelu=False, attention="SCLIP", last_n=2, modality="sar", log=lambda _: None)
+
+
 _PROVIDERS = []  # the registry does not keep the Python provider objects alive
 
 

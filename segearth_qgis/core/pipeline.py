@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from osgeo import gdal
@@ -36,13 +36,15 @@ class SegmentOptions:
     vocabulary: object                  # a Vocabulary
     threshold: float = 0.0
     background: str = None              # class name taking pixels below the threshold; see Vocabulary.background
-    gba_lambda: float = 0.3
+    gba_lambda: float = None            # None: the model bundle's default (its manifest), else 0.3
     window: int = 224
     stride: int = 112
     batch_size: int = None              # None: 4 on the CPU, 16 on CUDA
     resolution: float = 0.0             # processing ground sample distance in metres; 0: native
     bands: tuple = None                 # 1-based, three (R, G, B) or one (replicated)
     extent: tuple = None                # (xmin, ymin, xmax, ymax) in the raster's CRS
+    sensor: str = "optical"             # "optical" or "sar": how the raster is read (see ProcessingSource)
+    polarisation: str = None            # SAR: a polarisation name or band number; None: VV, else band 1
 
 
 @dataclass
@@ -88,13 +90,16 @@ class RasterSegmentation:
 
 
 def resolve_options(classes=None, preset=None, threshold=None, background=None, gba_lambda=None, window=None,
-                    stride=None, **grid):
+                    stride=None, input_path=None, sensor="auto", polarisation=None, model_path=None, **grid):
     """Merge a preset with explicit settings (explicit wins); returns (SegmentOptions, modality, notes).
 
     ``classes`` replaces the preset's classes (its background line then follows the ``background`` rule); the
-    preset's threshold, lambda and window still apply unless given. ``grid``: resolution, bands, extent, batch_size.
+    preset's threshold, lambda and window still apply unless given. ``modality`` is the sensor decided by
+    ``sar.decide_sensor`` from ``sensor``, the bundle at ``model_path``, the preset and ``input_path`` (None: not a
+    GDAL file); it picks the default model. ``grid``: resolution, bands, extent, batch_size.
     """
     from .presets import load_preset
+    from .sar import decide_sensor
     from .vocabulary import Vocabulary
 
     notes = []
@@ -108,7 +113,9 @@ def resolve_options(classes=None, preset=None, threshold=None, background=None, 
     else:
         raise RasterInputError("type the classes to map (one per line, commas between synonyms, e.g. "
                                "'building,roof' then 'road'), or choose a preset")
-    modality = chosen.modality if chosen else "optical"
+    modality, reason = decide_sensor(input_path, sensor, model_modality(model_path),
+                                     chosen.modality if chosen else None)
+    notes.append(f"sensor: {reason}")
     if chosen is not None:
         notes.append(f"preset {chosen.name}: {chosen.title}")
         threshold = chosen.threshold if threshold is None else threshold
@@ -120,9 +127,26 @@ def resolve_options(classes=None, preset=None, threshold=None, background=None, 
         stride = chosen.stride if stride is None else stride
     window = window or 224
     options = SegmentOptions(vocabulary, threshold=0.0 if threshold is None else threshold, background=background,
-                             gba_lambda=0.3 if gba_lambda is None else gba_lambda, window=window,
-                             stride=stride or window // 2, **grid)
+                             gba_lambda=gba_lambda, window=window, stride=stride or window // 2, sensor=modality,
+                             polarisation=polarisation, **grid)
     return options, modality, notes
+
+
+def model_modality(model_path):
+    """The modality in the manifest of the bundle at ``model_path``, or None when no bundle is given."""
+    if not model_path:
+        return None
+    from .bundle import read_manifest, resolve_bundle
+
+    return read_manifest(resolve_bundle(model_path))["modality"]
+
+
+def model_gba_lambda(model, options):
+    """The λ that runs: the explicit or preset value, else the bundle's default (its manifest), else 0.3."""
+    if options.gba_lambda is not None:
+        return options.gba_lambda
+    value = (getattr(model, "manifest", None) or {}).get("gba_lambda")
+    return 0.3 if value is None else float(value)
 
 
 def _check_window(options, patch_size):
@@ -144,7 +168,9 @@ def _segment_raster(model, input_path, outputs, options, feedback):
     if len(class_names) >= LABEL_NODATA:
         raise RasterInputError(f"{len(class_names)} classes do not fit a uint8 raster with nodata 255: use at most 254")
     colors = class_colors(class_names)
-    source = ProcessingSource(input_path, options.bands, options.extent, options.resolution)
+    options = replace(options, gba_lambda=model_gba_lambda(model, options))
+    source = ProcessingSource(input_path, options.bands, options.extent, options.resolution, options.sensor,
+                              options.polarisation)
     writers = []
     try:
         _log_start(model, source, options, class_names, background_index, feedback)
@@ -201,16 +227,18 @@ def _log_start(model, source, options, class_names, background_index, feedback):
     native = source.native
     grid = source.grid
     feedback.info(f"input: {source.path}, bands {source.bands} ({source.data_type}; {source.stretch.describe()})")
+    for note in source.notes:
+        feedback.info(note)
     feedback.info(f"output grid: {native.width} x {native.height} px of {px:.3g} x {py:.3g} m (the input's pixels)")
     if source.resampling == "none":
         feedback.info("processing at the native resolution")
     else:
         feedback.info(f"processing grid: {grid.width} x {grid.height} px at {options.resolution:g} m "
                       f"({source.resampling} resampling by GDAL)")
-    if len(source.bands) == 1:
+    if len(source.bands) == 1 and source.sensor == "optical":
         feedback.warn("one band: it is repeated as red, green and blue; the optical model expects colour images")
     feedback.info(f"classes: {', '.join(class_names)}; pixels below probability {options.threshold:g} go to "
-                  f"'{class_names[background_index]}'")
+                  f"'{class_names[background_index]}'; global bias lambda {options.gba_lambda:g}")
 
 
 def _log_end(result, feedback):

@@ -21,6 +21,8 @@ LABEL_NODATA = 255
 CONFIDENCE_NODATA = -1.0
 STRETCH_PERCENTILES = (2.0, 98.0)
 STRETCH_SAMPLE = 1024
+COMPLEX_TYPES = (gdal.GDT_CInt16, gdal.GDT_CInt32, gdal.GDT_CFloat32, gdal.GDT_CFloat64)
+NON_FINITE_TYPES = (gdal.GDT_Float32, gdal.GDT_Float64, gdal.GDT_CFloat32, gdal.GDT_CFloat64)
 GTIFF_OPTIONS = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
 
 gdal.UseExceptions()
@@ -56,7 +58,7 @@ class RasterInputError(ValueError):
 
 @dataclass(frozen=True)
 class Grid:
-    """A north-up pixel grid: size, GDAL geotransform and CRS (WKT)."""
+    """A pixel grid: size, GDAL geotransform (north-up, mirrored or rotated) and CRS (WKT)."""
 
     width: int
     height: int
@@ -65,9 +67,10 @@ class Grid:
 
     @property
     def extent(self):
-        x0, dx, _, y0, _, dy = self.geotransform
-        xs = (x0, x0 + dx * self.width)
-        ys = (y0, y0 + dy * self.height)
+        """(xmin, ymin, xmax, ymax) of the four corners in the CRS."""
+        corners = [gdal.ApplyGeoTransform(self.geotransform, col, row)
+                   for col in (0, self.width) for row in (0, self.height)]
+        xs, ys = zip(*corners, strict=True)
         return min(xs), min(ys), max(xs), max(ys)
 
 
@@ -86,9 +89,9 @@ def dataset_grid(dataset):
     if not transform:
         raise RasterInputError(f"{dataset.GetDescription()} has no geotransform: georeference it first "
                                "(Raster > Georeferencer) so the result can be placed on the map")
-    if transform[2] or transform[4]:
-        raise RasterInputError(f"{dataset.GetDescription()} is rotated or sheared: warp it to a north-up grid first "
-                               "(Raster > Projections > Warp)")
+    if transform[1] * transform[5] - transform[2] * transform[4] == 0:
+        raise RasterInputError(f"{dataset.GetDescription()} has a degenerate geotransform {transform} (zero pixel "
+                               "area): georeference it again (Raster > Georeferencer)")
     wkt = dataset.GetProjection()
     if not wkt:
         raise RasterInputError(f"{dataset.GetDescription()} has no CRS: assign one (Layer Properties > Source, or "
@@ -97,18 +100,20 @@ def dataset_grid(dataset):
 
 
 def snap_window(grid, extent=None):
-    """The pixel window (col, row, cols, rows) covering ``extent`` (in the raster's CRS), snapped outwards."""
+    """The pixel window (col, row, cols, rows) covering ``extent`` (in the raster's CRS), snapped outwards; on a
+    rotated grid, the window covers the extent's four corners."""
     if extent is None:
         return 0, 0, grid.width, grid.height
     xmin, ymin, xmax, ymax = extent
-    x0, dx, _, y0, _, dy = grid.geotransform
+    inverse = gdal.InvGeoTransform(grid.geotransform)
+    corners = [gdal.ApplyGeoTransform(inverse, x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
     eps = 1e-6
-    cols = sorted(((xmin - x0) / dx, (xmax - x0) / dx))
-    rows = sorted(((ymin - y0) / dy, (ymax - y0) / dy))
+    cols = sorted(c for c, _ in corners)
+    rows = sorted(r for _, r in corners)
     col0 = max(0, math.floor(cols[0] + eps))
-    col1 = min(grid.width, math.ceil(cols[1] - eps))
+    col1 = min(grid.width, math.ceil(cols[-1] - eps))
     row0 = max(0, math.floor(rows[0] + eps))
-    row1 = min(grid.height, math.ceil(rows[1] - eps))
+    row1 = min(grid.height, math.ceil(rows[-1] - eps))
     if col1 <= col0 or row1 <= row0:
         raise RasterInputError(f"the extent {extent} does not overlap the raster (extent {grid.extent} in its own "
                                "CRS): choose an extent inside the layer, or leave it empty for the whole layer")
@@ -116,12 +121,13 @@ def snap_window(grid, extent=None):
 
 
 def subgrid(grid, window, width=None, height=None):
-    """The grid of a pixel window, optionally resampled to ``width`` x ``height`` over the same extent."""
+    """The grid of a pixel window, optionally resampled to ``width`` x ``height`` over the same pixels."""
     col, row, cols, rows = window
-    x0, dx, _, y0, _, dy = grid.geotransform
+    _, a, b, _, d, e = grid.geotransform
     width, height = width or cols, height or rows
-    transform = (x0 + col * dx, dx * cols / width, 0.0, y0 + row * dy, 0.0, dy * rows / height)
-    return Grid(width, height, transform, grid.srs_wkt)
+    x0, y0 = gdal.ApplyGeoTransform(grid.geotransform, col, row)
+    sx, sy = cols / width, rows / height
+    return Grid(width, height, (x0, a * sx, b * sy, y0, d * sx, e * sy), grid.srs_wkt)
 
 
 def default_bands(dataset):
@@ -173,6 +179,9 @@ def robust_stretch(dataset, sample=STRETCH_SAMPLE):
     bands = [dataset.GetRasterBand(i) for i in range(1, dataset.RasterCount + 1)]
     if all(b.DataType == gdal.GDT_Byte for b in bands):
         return Stretch()
+    if any(b.DataType in COMPLEX_TYPES for b in bands):
+        raise RasterInputError(f"{dataset.GetDescription()} has complex (radar) bands, which the optical model cannot "
+                               "read: process it as SAR (SENSOR=sar or auto)")
     factor = max(dataset.RasterXSize, dataset.RasterYSize) / sample
     width = max(1, min(dataset.RasterXSize, round(dataset.RasterXSize / factor)))
     height = max(1, min(dataset.RasterYSize, round(dataset.RasterYSize / factor)))
@@ -188,15 +197,16 @@ def robust_stretch(dataset, sample=STRETCH_SAMPLE):
 
 
 def read_valid(dataset, col, row, cols, rows, width=None, height=None):
-    """True where every band of ``dataset`` is valid: nodata values, alpha and mask bands, and non-finite floats."""
+    """True where every band of ``dataset`` is valid: nodata values, alpha and mask bands, and non-finite floats
+    (complex values with a non-finite part included)."""
     valid = None
     for i in range(1, dataset.RasterCount + 1):
         band = dataset.GetRasterBand(i)
         flags = band.GetMaskFlags()
-        if flags & gdal.GMF_ALL_VALID and band.DataType not in (gdal.GDT_Float32, gdal.GDT_Float64):
+        if flags & gdal.GMF_ALL_VALID and band.DataType not in NON_FINITE_TYPES:
             continue
         mask = band.GetMaskBand().ReadAsArray(col, row, cols, rows, buf_xsize=width, buf_ysize=height) > 0
-        if band.DataType in (gdal.GDT_Float32, gdal.GDT_Float64):
+        if band.DataType in NON_FINITE_TYPES:
             mask &= np.isfinite(band.ReadAsArray(col, row, cols, rows, buf_xsize=width, buf_ysize=height))
         valid = mask if valid is None else valid & mask
     if valid is None:
@@ -208,17 +218,31 @@ class ProcessingSource:
     """The chosen bands over the snapped window, resampled to the processing resolution, read in row strips as RGB.
 
     ``resolution`` is the processing ground sample distance in metres (0: native). Downsampling averages the source
-    pixels (GDAL ``average``, nodata excluded); upsampling is bilinear. ``native`` is the output grid (the input's
-    pixels over the window), ``grid`` the processing grid over the same extent.
+    pixels (GDAL ``average``, nodata excluded); upsampling is bilinear. Resampling runs in pixel space, so rotated and
+    mirrored grids work alike. ``native`` is the output grid (the input's pixels over the window), ``grid`` the
+    processing grid over the same pixels.
+
+    ``sensor="sar"`` reads one polarisation band (``polarisation``: a name or band number, default VV) as decibels
+    stretched once per raster and replicated to three channels; it resamples linear intensity, never dB or complex
+    values.
     """
 
-    def __init__(self, path, bands=None, extent=None, resolution=0.0):
+    def __init__(self, path, bands=None, extent=None, resolution=0.0, sensor="optical", polarisation=None):
         self.path = str(path)
+        self.sensor = sensor
+        self.notes = []
         self.dataset = open_raster(path)
         if self.dataset.RasterCount == 0:
             raise RasterInputError(f"{path} has no raster bands")
         full = dataset_grid(self.dataset)
-        self.bands = check_bands(self.dataset, bands)
+        if sensor == "sar":
+            from . import sar
+
+            band, notes = sar.choose_sar_band(self.dataset, polarisation, bands)
+            self.bands = [band]
+            self.notes += notes
+        else:
+            self.bands = check_bands(self.dataset, bands)
         self.window = snap_window(full, extent)
         self.native = subgrid(full, self.window)
         self.pixel_metres = pixel_size_metres(full.geotransform, full.srs_wkt, full.width, full.height)
@@ -232,25 +256,40 @@ class ProcessingSource:
             width, height = cols, rows
         self.grid = subgrid(full, self.window, width, height)
         self._names = []
-        self.subset = self._vrt(gdal.Translate, self.dataset, format="VRT", bandList=sorted(set(self.bands)),
-                                srcWin=list(self.window), maskBand="auto")
-        self._band_index = [sorted(set(self.bands)).index(b) + 1 for b in self.bands]
-        if (width, height) == (cols, rows):
+        self._intensity = None
+        unique = sorted(set(self.bands))
+        self.subset = self._vrt(gdal.Translate, self.dataset, format="VRT", bandList=unique, srcWin=list(self.window),
+                                outputBounds=[0, 0, cols, -rows], maskBand="auto")
+        self._band_index = [unique.index(b) + 1 for b in self.bands]
+        resampled = (width, height) != (cols, rows)
+        source = self.subset
+        if sensor == "sar":
+            self.stretch = sar.band_stretch(self.dataset, self.bands[0], self.subset)
+            self.read_scale = self.stretch.scale
+            if resampled:
+                self.subset.FlushCache()
+                source = self._intensity = sar.intensity_vrt(self._name(), self.subset, 1, self.stretch.scale)
+                self.read_scale = "intensity"
+        else:
+            stretch = robust_stretch(self.subset)
+            if stretch.limits is not None:
+                stretch = Stretch(tuple(stretch.limits[i - 1] for i in self._band_index))
+            self.stretch = stretch
+        if not resampled:
             self.resampling = "none"
             self.reader = self.subset
         else:
             self.resampling = "average" if width < cols or height < rows else "bilinear"
-            self.reader = self._vrt(gdal.Warp, self.subset, format="VRT", width=width, height=height,
-                                    outputBounds=self.native.extent, resampleAlg=self.resampling, dstAlpha=True)
-        stretch = robust_stretch(self.subset)
-        if stretch.limits is not None:
-            stretch = Stretch(tuple(stretch.limits[i - 1] for i in self._band_index))
-        self.stretch = stretch
+            self.reader = self._vrt(gdal.Warp, source, format="VRT", width=width, height=height,
+                                    outputBounds=(0, -rows, cols, 0), resampleAlg=self.resampling, dstAlpha=True)
 
-    def _vrt(self, function, source, **options):
+    def _name(self):
         name = f"/vsimem/segearth-{uuid.uuid4().hex}.vrt"
         self._names.append(name)
-        return function(name, source, **options)
+        return name
+
+    def _vrt(self, function, source, **options):
+        return function(self._name(), source, **options)
 
     @property
     def data_type(self):
@@ -260,8 +299,14 @@ class ProcessingSource:
         """Processing-grid rows [row0, row1): uint8 RGB (h, w, 3) and the validity mask (h, w)."""
         rows = row1 - row0
         width = self.grid.width
-        data = np.stack([self.reader.GetRasterBand(i).ReadAsArray(0, row0, width, rows) for i in self._band_index])
         valid = self._valid(self.reader, 0, row0, width, rows)
+        if self.sensor == "sar":
+            from .sar import to_decibels
+
+            decibels = to_decibels(self.reader.GetRasterBand(1).ReadAsArray(0, row0, width, rows), self.read_scale)
+            valid &= np.isfinite(decibels)
+            return self.stretch.replicate(self.stretch.from_decibels(decibels)), valid
+        data = np.stack([self.reader.GetRasterBand(i).ReadAsArray(0, row0, width, rows) for i in self._band_index])
         rgb = self.stretch.apply(data)
         if len(self.bands) == 1:
             rgb = np.repeat(rgb, 3, axis=0)
@@ -273,11 +318,19 @@ class ProcessingSource:
         return read_valid(dataset, col, row, cols, rows)
 
     def native_valid(self, row0, row1):
-        """Output-grid rows [row0, row1): True where the input has data in every chosen band."""
-        return self._valid(self.subset, 0, row0, self.native.width, row1 - row0)
+        """Output-grid rows [row0, row1): True where the input has data in every chosen band (for SAR: a finite,
+        positive backscatter too, so zero-filled borders come out as nodata)."""
+        width = self.native.width
+        valid = self._valid(self.subset, 0, row0, width, row1 - row0)
+        if self.sensor == "sar":
+            from .sar import to_decibels
+
+            values = self.subset.GetRasterBand(1).ReadAsArray(0, row0, width, row1 - row0)
+            valid &= np.isfinite(to_decibels(values, self.stretch.scale))
+        return valid
 
     def close(self):
-        self.reader = self.subset = self.dataset = None
+        self.reader = self.subset = self.dataset = self._intensity = None
         for name in self._names:
             gdal.Unlink(name)
         self._names = []

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal
 
-from .raster import STRETCH_PERCENTILES, STRETCH_SAMPLE, RasterInputError
+from .raster import COMPLEX_TYPES, STRETCH_PERCENTILES, STRETCH_SAMPLE, RasterInputError, open_raster
 
+SENSORS = ("auto", "optical", "sar")
 POLARISATIONS = ("VV", "VH", "HH", "HV")
 DEFAULT_POLARISATION = "VV"
 SCALES = ("complex", "amplitude", "intensity", "db")
-COMPLEX_TYPES = (gdal.GDT_CInt16, gdal.GDT_CInt32, gdal.GDT_CFloat32, gdal.GDT_CFloat64)
 SAR_DRIVERS = ("SAFE", "SENTINEL1")
 DB_RANGE = (-60.0, 30.0)        # where backscatter in decibels lies
 DB_RANGE_SHARE = 0.99           # share of the sampled values inside DB_RANGE, and more than half negative, to guess dB
@@ -139,6 +139,27 @@ def detect_sensor(dataset):
                           polarisations)
 
 
+def decide_sensor(path, requested="auto", model_modality=None, preset_modality=None):
+    """(sensor, reason): how to read the raster at ``path`` and which model runs it. First match wins: the explicit
+    model bundle's modality (a SENSOR that contradicts it is an error), an explicit SENSOR, the preset's modality,
+    then ``detect_sensor`` on the file (``path`` None, as for web layers: optical)."""
+    if requested not in SENSORS:
+        raise RasterInputError(f"SENSOR must be one of {', '.join(SENSORS)}, not {requested!r}")
+    if model_modality:
+        if requested not in ("auto", model_modality):
+            raise RasterInputError(f"SENSOR={requested} but the chosen model bundle is a {model_modality} model: "
+                                   f"choose a {requested} bundle, or set SENSOR to auto")
+        return model_modality, f"{model_modality}, the modality of the chosen model bundle (its manifest)"
+    if requested != "auto":
+        return requested, f"{requested}, as requested (SENSOR={requested})"
+    if preset_modality:
+        return preset_modality, f"{preset_modality}, the model the chosen preset runs"
+    if path is None:
+        return "optical", "optical: the layer is not a GDAL raster file (a web or provider layer)"
+    decision = detect_sensor(open_raster(path))
+    return decision.sensor, decision.reason
+
+
 def choose_polarisation(decision, dataset, requested=None):
     """(1-based band number, note for the log). ``requested``: a polarisation name (any case), a band number, or
     None/empty for the VV band if there is one, else band 1."""
@@ -259,7 +280,10 @@ class SarStretch:
 
     def apply(self, values):
         """Values of the band (any shape, source type) -> uint8; NaN (invalid) gives 0, for the caller to mask."""
-        scaled = (to_decibels(values, self.scale) - self.low) * (255.0 / max(self.high - self.low, 1e-12))
+        return self.from_decibels(to_decibels(values, self.scale))
+
+    def from_decibels(self, decibels):
+        scaled = (decibels - self.low) * (255.0 / max(self.high - self.low, 1e-12))
         return np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round().astype(np.uint8)
 
     @staticmethod
@@ -284,3 +308,49 @@ def sar_stretch(dataset, band_number, scale, sample=STRETCH_SAMPLE):
                                f"masked, NaN or not positive as {scale})")
     low, high = (float(v) for v in np.percentile(decibels, STRETCH_PERCENTILES))
     return SarStretch(scale, low, high, band_number, band_polarisations(dataset)[band_number - 1])
+
+
+def choose_sar_band(dataset, polarisation=None, bands=None):
+    """(1-based band, notes for the log): the polarisation band that the SAR model reads."""
+    band, note = choose_polarisation(detect_sensor(dataset), dataset, polarisation)
+    notes = [note]
+    if bands:
+        notes.append(f"BANDS {list(bands)} ignored: SAR reads one polarisation band (set POLARISATION to choose it)")
+    return band, notes
+
+
+def band_stretch(dataset, band_number, subset, subset_band=1):
+    """The stretch of ``dataset``'s band as read through ``subset`` (a window of it): the scale is guessed from the
+    band's own texts and the window's values, the dB cut from the window."""
+    scale = guess_scale(dataset, band_number, sample_values(subset, subset_band))
+    stretch = sar_stretch(subset, subset_band, scale)
+    return SarStretch(scale, stretch.low, stretch.high, band_number, band_polarisations(dataset)[band_number - 1])
+
+
+INTENSITY_FUNCTIONS = {"complex": "intensity", "amplitude": "intensity", "intensity": "real", "db": "dB2pow"}
+
+
+def intensity_vrt(name, source, band_number, scale):
+    """A VRT named ``name`` whose one band is ``source``'s band as linear intensity (GDAL pixel functions), on a
+    pixel-space north-up grid, so that resampling it averages backscatter power as multilooking does.
+
+    Its nodata is the intensity of the source's nodata value, or 0 (no backscatter, as on GRD borders) without one."""
+    source_band = source.GetRasterBand(band_number)
+    vrt = gdal.GetDriverByName("VRT").Create(name, source.RasterXSize, source.RasterYSize, 0)
+    vrt.SetGeoTransform((0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    transfer = "CFloat64" if scale == "complex" else "Float64"
+    vrt.AddBand(gdal.GDT_Float32, ["subClass=VRTDerivedRasterBand",
+                                   f"PixelFunctionType={INTENSITY_FUNCTIONS[scale]}", f"SourceTransferType={transfer}"])
+    band = vrt.GetRasterBand(1)
+    band.SetMetadataItem("source_0", f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{source.GetDescription()}"
+                                     f"</SourceFilename><SourceBand>{band_number}</SourceBand></SimpleSource>",
+                         "new_vrt_sources")
+    nodata = source_band.GetNoDataValue()
+    band.SetNoDataValue(0.0 if nodata is None else float(_linear_intensity(nodata, scale)))
+    return vrt
+
+
+def _linear_intensity(value, scale):
+    if scale == "db":
+        return 10.0 ** (value / 10.0)
+    return value if scale == "intensity" else value * value

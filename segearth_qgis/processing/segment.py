@@ -38,6 +38,7 @@ from .base import (
 )
 
 DEVICES = ["auto", "cuda", "cpu"]
+SENSORS = ["auto", "optical", "sar"]
 BACKENDS = ["auto", "onnx", "torch"]
 
 HELP = """Maps the raster into the classes you type: one class per line, commas between synonyms \
@@ -56,6 +57,13 @@ Sentinel-2 10 m: native, with land-cover words (cropland, forest, urban area) ra
 <h3>Bands</h3>
 BANDS gives red, green, blue (1-based). 16-bit and float data are stretched once per run (2-98 % cumulative cut \
 per band from an overview). Nodata, alpha and mask bands are respected and come out as nodata (255).
+<h3>Radar (SAR)</h3>
+SENSOR auto treats the layer as radar only on positive evidence (a complex data type, polarisation names VV/VH/HH/HV \
+in band descriptions or metadata, Sentinel-1 or other SAR mission metadata) and says why in the log; set SENSOR=sar \
+for radar without such metadata. Radar runs the SAR model on one polarisation band (POLARISATION: VV by default, \
+else band 1; a name or a band number; BANDS is ignored): complex and linear values are converted to decibels, \
+stretched once per raster (2-98 %) and repeated as three channels; resampling averages linear intensity. A chosen \
+MODEL's modality wins over detection.
 <h3>Model and device</h3>
 MODEL is a model bundle (its folder's manifest.json, or its .zip); empty uses the installed default model. The log \
 says which backend and execution provider actually ran."""
@@ -94,6 +102,11 @@ class SegmentAlgorithm(SegEarthAlgorithm):
                                                        "or the preset's)", DOUBLE, None, optional=True,
                                                        minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterString("BACKGROUND", "Background class name", optional=True))
+        sensor = QgsProcessingParameterEnum("SENSOR", "Sensor", options=SENSORS, defaultValue="auto")
+        sensor.setUsesStaticStrings(True)
+        self.addParameter(sensor)
+        self.addParameter(QgsProcessingParameterString("POLARISATION", "SAR polarisation or band number (empty: VV, "
+                                                       "else band 1)", optional=True))
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model bundle (empty: the default model)", FILE,
                                                      optional=True,
                                                      fileFilter="Model bundles (manifest.json *.zip);;All files (*)"))
@@ -155,7 +168,10 @@ class SegmentAlgorithm(SegEarthAlgorithm):
                 threshold=number("THRESHOLD"),
                 background=self.parameterAsString(parameters, "BACKGROUND", context) or None,
                 gba_lambda=number("GBA_LAMBDA"), window=number("WINDOW", self.parameterAsInt),
-                stride=number("STRIDE", self.parameterAsInt), resolution=resolution, bands=bands, extent=extent)
+                stride=number("STRIDE", self.parameterAsInt), resolution=resolution, bands=bands, extent=extent,
+                input_path=gdal_path(layer), sensor=self.parameterAsEnumString(parameters, "SENSOR", context) or "auto",
+                polarisation=self.parameterAsString(parameters, "POLARISATION", context) or None,
+                model_path=self.parameterAsFile(parameters, "MODEL", context) or None)
         except ValueError as error:
             raise QgsProcessingException(str(error)) from error
         for note in notes:
@@ -215,13 +231,20 @@ def renderer_bands(layer):
     return None
 
 
+def gdal_path(layer):
+    """The file (or GDAL connection string) behind a layer of the gdal provider; None for other providers."""
+    if layer.providerType() != "gdal":
+        return None
+    source = layer.source()
+    if "|" in source:
+        source = QgsProviderRegistry.instance().decodeUri("gdal", source).get("path") or source
+    return source
+
+
 def gdal_source(layer, extent, resolution, context, feedback):
     """(path, fetched): the layer's own GDAL source, or a temporary GeoTIFF fetched through its data provider."""
     if layer.providerType() == "gdal":
-        source = layer.source()
-        if "|" in source:
-            source = QgsProviderRegistry.instance().decodeUri("gdal", source).get("path") or source
-        return source, False
+        return gdal_path(layer), False
     provider = layer.dataProvider()
     rectangle = layer.extent()
     if extent is not None:
