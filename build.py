@@ -33,9 +33,11 @@ print(f"environment ok: QGIS {qgis.core.Qgis.QGIS_VERSION}, numpy {numpy.__versi
 
 CLI_COMMANDS = {
     "segment": "segment a raster into a classified GeoTIFF without QGIS (see segment --help)",
+    "evaluate": "mIoU / IoU of the model on a labelled folder, as the papers measure it (see evaluate --help)",
     "export": "export checkpoints to a validated ONNX model bundle",
     "bench": "benchmarks that print figures (bench speed, bench memory, bench parity)",
     "models": "the model store: models download [optical|sar|all], models list, models install BUNDLE",
+    "train-sar": "distil a SAR model from an optical teacher on a co-registered optical/SAR pair",
 }
 PACKAGE_LIMIT_BYTES = 25 * 1024 * 1024
 PACKAGE_FORBIDDEN = {".so", ".pyd", ".dll", ".dylib", ".exe", ".bin", ".onnx", ".pt", ".pth", ".ckpt", ".npz", ".npy",

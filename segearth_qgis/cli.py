@@ -132,6 +132,38 @@ def segment(args):
     return 0
 
 
+def evaluate(args):
+    """Score the model on a labelled folder as the papers did; prints the table, writes JSON, CSV and a PNG."""
+    from .core.bundle import BundleError
+    from .core.evaluate import evaluate_dataset
+    from .core.raster import RasterInputError
+    from .core.runtime import DeviceUnavailable
+    from .core.segment import Cancelled
+
+    feedback = console_feedback(args.quiet)
+    out = Path(args.out)
+    try:
+        report = evaluate_dataset(
+            args.images, args.labels, preset=args.preset,
+            classes=args.classes.replace("\\n", "\n") if args.classes else None, model=args.model,
+            label_map=args.label_map, ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label,
+            label_suffix=args.label_suffix, pipeline=args.pipeline, resolution=args.resolution,
+            save_predictions=args.save_predictions, backend=args.backend, device=args.device, feedback=feedback)
+        print(report.table())
+        written = report.write(out, out.with_suffix(".csv"), out.with_suffix(".png"), warn=feedback.warn)
+    except (BundleError, DeviceUnavailable, RasterInputError, ValueError, ImportError) as error:
+        print(f"evaluate failed: {error}", file=sys.stderr)
+        return 1
+    except (Cancelled, KeyboardInterrupt):
+        print("cancelled: no report or prediction was written", file=sys.stderr)
+        return 130
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    if args.save_predictions:
+        print(f"predictions: {args.save_predictions}")
+    return 0
+
+
 def export(args):
     from .core.export import ExportError, export_bundle
 
@@ -175,6 +207,29 @@ def models(args):
     except (Cancelled, KeyboardInterrupt):
         print("cancelled: nothing was installed", file=sys.stderr)
         return 130
+    return 0
+
+
+def train_sar(args):
+    """segearth:train_sar_student without QGIS: a SAR student distilled from an optical teacher bundle."""
+    from .core.bundle import BundleError, default_bundle
+    from .core.raster import RasterInputError
+    from .core.runtime import DeviceUnavailable
+    from .core.segment import Cancelled
+    from .core.train_sar import TrainSettings, train_sar_student
+
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                             device=args.device, polarisation=args.polarisation, seed=args.seed)
+    try:
+        result = train_sar_student(args.optical, args.sar, args.teacher or default_bundle("optical"), args.out,
+                                   settings, console_feedback())
+    except (BundleError, DeviceUnavailable, RasterInputError, FileExistsError, ImportError) as error:
+        print(f"train-sar failed: {error}", file=sys.stderr)
+        return 1
+    except (Cancelled, KeyboardInterrupt):
+        print(f"cancelled: the last checkpoint is in {args.out}; run the same command to continue", file=sys.stderr)
+        return 130
+    print(f"bundle: {result.bundle}")
     return 0
 
 
@@ -222,6 +277,27 @@ def main(argv=None):
     seg.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance (layer units)")
     seg.add_argument("--min-area", type=float, default=0.0, help="minimum polygon area in m2")
     seg.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    ev = sub.add_parser("evaluate", help="mIoU / IoU on a labelled folder, as the papers measure it")
+    ev.add_argument("--images", required=True, help="folder of images (png, jpg, tif...)")
+    ev.add_argument("--labels", required=True, help="folder of one-band label rasters, paired with the images by name")
+    ev.add_argument("--preset", help="the dataset's preset (classes, threshold, resize, window, label encoding)")
+    ev.add_argument("--classes", help="replace the preset's classes, as in segment ('\\n' between classes)")
+    ev.add_argument("--label-map", help="stored label values to classes: '255:1', '128-255:1', '7:ignore', 'a:road'")
+    ev.add_argument("--ignore-index", type=int, help="label value not scored (default the preset's, else 255)")
+    ev.add_argument("--reduce-zero-label", action="store_true",
+                    help="mmseg's rule: label 0 is ignored and the others move down by one (on if the preset says so)")
+    ev.add_argument("--label-suffix", default="", help="label names are the image's stem plus this suffix, e.g. "
+                                                       "'_instance_color_RGB.png' (default: any extension)")
+    ev.add_argument("--pipeline", default="paper", choices=["paper", "map"],
+                    help="paper: each image resized and windowed as the papers did (default); map: the streaming "
+                         "segment pipeline on georeferenced rasters of any size")
+    ev.add_argument("--resolution", type=float, default=0.0, help="map pipeline: processing resolution in metres")
+    ev.add_argument("--model", help="model bundle folder, manifest.json or zip (default: the installed model)")
+    ev.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    ev.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    ev.add_argument("--save-predictions", help="folder for the classified rasters (<image name>.tif)")
+    ev.add_argument("--out", default="out/evaluate/report.json", help="the JSON report; the CSV and PNG go beside it")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     exp = sub.add_parser("export", help="export checkpoints to a validated ONNX bundle")
     exp.add_argument("--clip", required=True, help="open_clip CLIP state dict (.pt, .bin, .safetensors)")
     exp.add_argument("--upsampler", help="SimFeatUp checkpoint (Lightning format); omit for no upsampler")
@@ -256,13 +332,28 @@ def main(argv=None):
     bench_parser.add_argument("--resolution", type=float, default=5.0, help="memory: processing resolution in metres")
     bench_parser.add_argument("--longer-side", type=int, default=448,
                               help="the image is resized to this longer side first, as the reference does; 0 keeps it")
+    train = sub.add_parser("train-sar", help="distil a SAR model from an optical teacher on a co-registered pair")
+    train.add_argument("--optical", required=True, help="the optical raster")
+    train.add_argument("--sar", required=True, help="the SAR raster of the same place (warped onto the optical grid)")
+    train.add_argument("--teacher", help="optical bundle with checkpoints (default: the installed optical model)")
+    train.add_argument("--out", required=True, help="training folder: checkpoint, losses, the SAR bundle")
+    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--learning-rate", type=float, default=1e-5)
+    train.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    train.add_argument("--polarisation", help="a polarisation (VV, VH, HH, HV) or a band number; default VV")
+    train.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "train-sar":
+        return train_sar(args)
     if args.command == "demo-prepare":
         return demo_prepare(args.out)
     if args.command == "demo-preview":
         return demo_preview(args.out, args.random_weights)
     if args.command == "segment":
         return segment(args)
+    if args.command == "evaluate":
+        return evaluate(args)
     if args.command == "export":
         return export(args)
     if args.command == "models":

@@ -295,18 +295,21 @@ class ProcessingSource:
     def data_type(self):
         return gdal.GetDataTypeName(self.dataset.GetRasterBand(self.bands[0]).DataType)
 
-    def read(self, row0, row1):
-        """Processing-grid rows [row0, row1): uint8 RGB (h, w, 3) and the validity mask (h, w)."""
+    def read(self, row0, row1, col0=0, col1=None):
+        """Processing-grid rows [row0, row1) (and columns [col0, col1), default all): uint8 RGB (h, w, 3) and the
+        validity mask (h, w)."""
         rows = row1 - row0
-        width = self.grid.width
-        valid = self._valid(self.reader, 0, row0, width, rows)
+        width = (self.grid.width if col1 is None else col1) - col0
+        valid = self._valid(self.reader, col0, row0, width, rows)
         if self.sensor == "sar":
             from .sar import to_decibels
 
-            decibels = to_decibels(self.reader.GetRasterBand(1).ReadAsArray(0, row0, width, rows), self.read_scale)
+            values = self.reader.GetRasterBand(1).ReadAsArray(col0, row0, width, rows)
+            decibels = to_decibels(values, self.read_scale)
             valid &= np.isfinite(decibels)
             return self.stretch.replicate(self.stretch.from_decibels(decibels)), valid
-        data = np.stack([self.reader.GetRasterBand(i).ReadAsArray(0, row0, width, rows) for i in self._band_index])
+        data = np.stack([self.reader.GetRasterBand(i).ReadAsArray(col0, row0, width, rows)
+                         for i in self._band_index])
         rgb = self.stretch.apply(data)
         if len(self.bands) == 1:
             rgb = np.repeat(rgb, 3, axis=0)

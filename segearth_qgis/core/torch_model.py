@@ -125,11 +125,12 @@ class SegEarthModel(nn.Module):
                              f"expected {(grid_h, grid_w)}")
         return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])
 
-    def encode_windows(self, x, pos_grid=None):
+    def encode_windows(self, x, pos_grid=None, with_image_embedding=False):
         """Normalised windows (B, 3, H, W) to the modified block's CLS (B, D) and patch features (B, D, H/p, W/p).
 
         ``pos_grid`` (H/p, W/p, width) gives the patch positional embeddings explicitly (the ONNX graph takes them as
-        an input); by default they come from ``positional_embedding``.
+        an input); by default they come from ``positional_embedding``. ``with_image_embedding`` also returns CLIP's
+        ordinary image embedding (B, D) from the same pass (all blocks unmodified, as ``clip.encode_image``).
         """
         visual = self.clip.visual
         tokens = visual.conv1(x)
@@ -149,10 +150,12 @@ class SegEarthModel(nn.Module):
         modified = blocks[len(blocks) - self.last_n:]
         for i, block in enumerate(modified):
             output = output + modified_attention(block.attn, block.ln_1(tokens), self.attention)
-            if i + 1 < len(modified):
+            if i + 1 < len(modified) or with_image_embedding:
                 tokens = block(tokens)
         output = visual.ln_post(output) @ visual.proj
         patches = output[:, 1:].permute(0, 2, 1).reshape(batch, -1, grid_h, grid_w)
+        if with_image_embedding:
+            return output[:, 0], patches, visual.ln_post(tokens[:, 0]) @ visual.proj
         return output[:, 0], patches
 
     def reference_order_logits(self, x, text_features, gba_lambda):

@@ -43,9 +43,11 @@ class SegEarthProvider(QgsProcessingProvider):
     def loadAlgorithms(self):
         from .install_model import InstallModelAlgorithm
         from .segment import SegmentAlgorithm
+        from .train_sar_student import TrainSarStudentAlgorithm
         from .vectorize import VectorizeAlgorithm
 
-        for algorithm in (SegmentAlgorithm(), VectorizeAlgorithm(), InstallModelAlgorithm()):
+        for algorithm in (SegmentAlgorithm(), VectorizeAlgorithm(), InstallModelAlgorithm(),
+                          TrainSarStudentAlgorithm()):
             self.addAlgorithm(algorithm)
 
     def supportedOutputRasterLayerExtensions(self):
