@@ -80,20 +80,29 @@ def console_feedback(quiet=False):
     from .core.pipeline import Feedback
 
     class ConsoleFeedback(Feedback):
+        bar_open = False  # a bar is drawn and its line not ended: a message starts a new line
+
         def progress(self, fraction):
             if not quiet:
                 filled = int(30 * fraction)
                 print(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:5.1f} %", end="", file=sys.stderr,
                       flush=True)
+                self.bar_open = fraction < 1
                 if fraction >= 1:
                     print(file=sys.stderr)
 
+        def line(self, text):
+            if self.bar_open:
+                print(file=sys.stderr)
+                self.bar_open = False
+            print(text, file=sys.stderr)
+
         def info(self, text):
             if not quiet:
-                print(text, file=sys.stderr)
+                self.line(text)
 
         def warn(self, text):
-            print(f"warning: {text}", file=sys.stderr)
+            self.line(f"warning: {text}")
 
     return ConsoleFeedback()
 
@@ -147,7 +156,8 @@ def evaluate(args):
             args.images, args.labels, preset=args.preset,
             classes=args.classes.replace("\\n", "\n") if args.classes else None, model=args.model,
             label_map=args.label_map, ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label,
-            label_suffix=args.label_suffix, pipeline=args.pipeline, resolution=args.resolution,
+            label_suffix=args.label_suffix, split=args.split, resize_longer_side=args.resize,
+            pipeline=args.pipeline, resolution=args.resolution,
             save_predictions=args.save_predictions, backend=args.backend, device=args.device, feedback=feedback)
         print(report.table())
         written = report.write(out, out.with_suffix(".csv"), out.with_suffix(".png"), warn=feedback.warn)
@@ -288,6 +298,8 @@ def main(argv=None):
                     help="mmseg's rule: label 0 is ignored and the others move down by one (on if the preset says so)")
     ev.add_argument("--label-suffix", default="", help="label names are the image's stem plus this suffix, e.g. "
                                                        "'_instance_color_RGB.png' (default: any extension)")
+    ev.add_argument("--split", help="text file of the image names to use, one per line (mmseg's ann_file)")
+    ev.add_argument("--resize", type=int, help="paper pipeline: longer side in pixels (default the preset's, 448)")
     ev.add_argument("--pipeline", default="paper", choices=["paper", "map"],
                     help="paper: each image resized and windowed as the papers did (default); map: the streaming "
                          "segment pipeline on georeferenced rasters of any size")

@@ -97,7 +97,8 @@ def test_map_action_maps_the_visible_extent_in_the_desktop(tiny_bundle, tmp_path
     assert initial["CLASSES"] == "building,roof\nroad"
     numbers, crs = initial["EXTENT"].split(" ")
     assert crs == f"[{report['crs']}]" == "[EPSG:25832]"
-    assert [float(v) for v in numbers.split(",")] == pytest.approx(report["canvas_extent"], abs=1e-6)
+    # the dialog's extent widget keeps 4 decimals of metres from QGIS 3.40 on (3.22 kept them all)
+    assert [float(v) for v in numbers.split(",")] == pytest.approx(report["canvas_extent"], abs=1e-4)
     assert report["run"]["ok"] is True
     labels = ["building", "road", "water", "tree", "unclassified"]
     assert report["loaded"][str(out / "classes.tif")] == {"renderer": "paletted", "labels": labels}

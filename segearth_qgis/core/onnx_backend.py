@@ -84,26 +84,38 @@ class OnnxModel:
             kernels = simfeatup_cpu.stage_kernels(windows, weights, self._correct)
             upsample = lambda grid: simfeatup_cpu.apply_stage_kernels(grid, kernels)  # noqa: E731
         else:
-            kernels = self.kernels.run(None, {"x": windows})
-            upsample = lambda grid: self._apply_graph(grid, kernels)  # noqa: E731
+            upsample = lambda grid: self._apply_graphs(grid, windows)  # noqa: E731
         return upsampled_logits(cls, patches, text_features, gba_lambda, weights["projection_w"],
                                 weights["projection_b"], upsample)
 
     def _correct(self, combined, guidance):
         return self.fixup.run(None, {"combined": combined, "guidance": guidance})[0]
 
-    def _apply_graph(self, grid, kernels, channels_per_run=32):
-        """The apply graph per window and per 32 channels (exact: every channel is filtered alike). onnxruntime runs
-        the graph's 121 slices of a stage as soon as they are ready, so its memory grows with the channels fed
-        (all 197 channels of a ViT-B/16 window took 18 GB on an H100)."""
+    def _apply_graphs(self, grid, windows, channels_per_run=32):
+        """SimFeatUp's two graphs per window: the kernels stay where they were computed (on the GPU under CUDA,
+        bound with io_binding), and the apply graph filters 32 channels per run (exact: every channel is filtered
+        alike). onnxruntime runs the graph's 121 slices of a stage as soon as they are ready, so its memory grows
+        with the channels fed (all 197 channels of a ViT-B/16 window took 18 GB on an H100)."""
         batch, height, width, rank = grid.shape
         out = np.empty((batch, 16 * height, 16 * width, rank), np.float32)
+        kernel_names = [output.name for output in self.kernels.get_outputs()]
+        upsampled_name = self.apply.get_outputs()[0].name
         for n in range(batch):
-            feeds = {f"kernel{i + 1}": np.ascontiguousarray(k[n:n + 1]) for i, k in enumerate(kernels)}
+            kernels = self.kernels.io_binding()
+            kernels.bind_cpu_input("x", np.ascontiguousarray(windows[n:n + 1]))
+            for name in kernel_names:
+                kernels.bind_output(name, self.device)
+            self.kernels.run_with_iobinding(kernels)
+            on_device = kernels.get_outputs()
             for start in range(0, rank, channels_per_run):
+                apply = self.apply.io_binding()
+                for i, kernel in enumerate(on_device):
+                    apply.bind_ortvalue_input(f"kernel{i + 1}", kernel)
                 chunk = grid[n:n + 1, :, :, start:start + channels_per_run]
-                feeds["features"] = np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))
-                out[n, :, :, start:start + channels_per_run] = self.apply.run(None, feeds)[0][0].transpose(1, 2, 0)
+                apply.bind_cpu_input("features", np.ascontiguousarray(chunk.transpose(0, 3, 1, 2)))
+                apply.bind_output(upsampled_name, "cpu")
+                self.apply.run_with_iobinding(apply)
+                out[n, :, :, start:start + channels_per_run] = apply.copy_outputs_to_cpu()[0][0].transpose(1, 2, 0)
         return out
 
     def text_features(self, queries):

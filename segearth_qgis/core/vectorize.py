@@ -6,6 +6,7 @@ from pathlib import Path
 
 from osgeo import gdal, ogr
 
+from ..compat import close_dataset
 from .geo import AreaMeter, spatial_reference
 from .raster import category_names, open_raster, temporary_sibling
 from .segment import Cancelled
@@ -147,7 +148,7 @@ def _write(regions, path, driver_name, layer_name, srs, names, meter, simplify, 
             raise RuntimeError(f"cannot create a layer in {path}: {gdal.GetLastErrorMsg()}")
         return _copy(layer, regions, path, driver_name, names, meter, simplify, report, cancelled, start)
     finally:
-        output.Destroy()   # closes the file: FlatGeobuf and GeoJSON write it now
+        close_dataset(output)   # closes the file: FlatGeobuf and GeoJSON write it now
 
 
 def _copy(layer, regions, path, driver_name, names, meter, simplify, report, cancelled, start):

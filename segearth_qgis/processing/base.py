@@ -1,16 +1,12 @@
 """What every SegEarth-OV algorithm shares: naming, feedback relay, runtime errors, and styling loaded outputs."""
 
 from qgis.core import (
-    Qgis,
     QgsCategorizedSymbolRenderer,
     QgsFillSymbol,
     QgsPalettedRasterRenderer,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingLayerPostProcessorInterface,
-    QgsProcessingParameterDefinition,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterNumber,
     QgsRasterLayer,
     QgsRendererCategory,
     QgsSettings,
@@ -18,19 +14,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor, QIcon
 
+from ..compat import ADVANCED, DOUBLE, FILE, INTEGER  # noqa: F401 (DOUBLE, FILE, INTEGER: for the algorithms)
 from ..core.resources import resource_path
-
-# Scoped enums: Qgis.* from QGIS 3.36 on (the only spelling in QGIS 4), the class-scoped names before.
-if hasattr(Qgis, "ProcessingParameterFlag"):
-    ADVANCED = Qgis.ProcessingParameterFlag.Advanced
-    DOUBLE = Qgis.ProcessingNumberParameterType.Double
-    INTEGER = Qgis.ProcessingNumberParameterType.Integer
-    FILE = Qgis.ProcessingFileParameterBehavior.File
-else:
-    ADVANCED = QgsProcessingParameterDefinition.Flag.FlagAdvanced
-    DOUBLE = QgsProcessingParameterNumber.Type.Double
-    INTEGER = QgsProcessingParameterNumber.Type.Integer
-    FILE = QgsProcessingParameterFile.Behavior.File
 
 MODEL_DIR_SETTING = "SEGEARTH_MODEL_DIR"  # Options > Processing > Providers > SegEarth-OV > Model folder
 INSTALL_HINT = ("SegEarth-OV needs onnxruntime, numpy and GDAL in the Python that QGIS runs (torch and open_clip "

@@ -41,12 +41,13 @@ class SegEarthProvider(QgsProcessingProvider):
         ProcessingConfig.removeSetting(MODEL_DIR_SETTING)
 
     def loadAlgorithms(self):
+        from .evaluate import EvaluateAlgorithm
         from .install_model import InstallModelAlgorithm
         from .segment import SegmentAlgorithm
         from .train_sar_student import TrainSarStudentAlgorithm
         from .vectorize import VectorizeAlgorithm
 
-        for algorithm in (SegmentAlgorithm(), VectorizeAlgorithm(), InstallModelAlgorithm(),
+        for algorithm in (SegmentAlgorithm(), VectorizeAlgorithm(), EvaluateAlgorithm(), InstallModelAlgorithm(),
                           TrainSarStudentAlgorithm()):
             self.addAlgorithm(algorithm)
 

@@ -1,7 +1,6 @@
 """``segearth:vectorize``: a classified raster to polygons with class id, class name and area, for modeler chains."""
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterBand,
     QgsProcessingParameterNumber,
@@ -9,6 +8,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
+from ..compat import POLYGONS
 from .base import DOUBLE, ProcessingFeedbackBridge, SegEarthAlgorithm
 
 
@@ -33,8 +33,7 @@ class VectorizeAlgorithm(SegEarthAlgorithm):
                                                        "none)", DOUBLE, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber("MIN_AREA", "Minimum polygon area in m2", DOUBLE, 0.0,
                                                        minValue=0.0))
-        self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT", "Class polygons",
-                                                                  QgsProcessing.SourceType.TypeVectorPolygon))
+        self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT", "Class polygons", POLYGONS))
 
     def processAlgorithm(self, parameters, context, feedback):
         from ..core.raster import RasterInputError, read_class_table

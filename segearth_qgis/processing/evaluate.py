@@ -1,0 +1,157 @@
+"""``segearth:evaluate``: IoU, mIoU and pixel accuracy of a classified raster against reference labels or polygons."""
+
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsVectorFileWriter,
+)
+
+from .. import compat
+from .base import INTEGER, ProcessingFeedbackBridge, SegEarthAlgorithm, advanced
+
+HELP = """Scores a classified raster (such as the output of <i>Map classes</i>) against reference labels, with the \
+metric of the SegEarth-OV papers (mmseg's IoUMetric): per class IoU = TP / (TP + FP + FN) and accuracy, mIoU over \
+the classes that occur, pixel accuracy, and for two-class sets the foreground IoU.
+<h3>Reference</h3>
+Either a <b>label raster</b> (one band of class values; warped onto the classified grid with nearest neighbour when \
+its grid differs; its nodata is not scored) or <b>polygons</b> with a CLASS_FIELD holding a class index or a class \
+name (burnt at pixel centres; pixels no polygon covers are not scored).
+<h3>Classes and label values</h3>
+The classes are the classified raster's (its category names; a trailing <i>unclassified</i> is not a reference \
+class, so its pixels count as missed), or a PRESET's. Label values are class indices; IGNORE_INDEX (default the \
+preset's, else 255) is not scored; REDUCE_ZERO_LABEL (mmseg's rule, on when the preset says so) ignores 0 and moves \
+the others down by one. LABEL_MAP maps stored values first, e.g. <i>128-255:1</i>, <i>7:ignore</i>, \
+<i>forest:tree</i>.
+<h3>Outputs</h3>
+The report as JSON (scores, confusion matrix: rows reference, columns predicted), the per-class CSV and the \
+confusion matrix as a PNG; the table is in the log."""
+
+
+class EvaluateAlgorithm(SegEarthAlgorithm):
+    def name(self):
+        return "evaluate"
+
+    def displayName(self):
+        return "Evaluate against reference labels (IoU, mIoU)"
+
+    def shortHelpString(self):
+        return HELP
+
+    def initAlgorithm(self, config=None):
+        from ..core.presets import preset_names
+
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Classified raster"))
+        self.addParameter(QgsProcessingParameterRasterLayer("REFERENCE", "Reference labels (raster)", optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource("REFERENCE_POLYGONS", "Or reference polygons",
+                                                              [compat.POLYGONS],
+                                                              optional=True))
+        self.addParameter(QgsProcessingParameterField("CLASS_FIELD", "Class field of the polygons (index or name)",
+                                                      parentLayerParameterName="REFERENCE_POLYGONS", optional=True))
+        preset = QgsProcessingParameterEnum("PRESET", "Dataset preset (classes and label encoding)",
+                                            options=preset_names(), optional=True)
+        preset.setUsesStaticStrings(True)
+        self.addParameter(preset)
+        self.addParameter(QgsProcessingParameterString("LABEL_MAP", "Label map (e.g. 128-255:1, 7:ignore, "
+                                                       "forest:tree)", optional=True))
+        self.addParameter(advanced(QgsProcessingParameterNumber("IGNORE_INDEX", "Ignore index (default the "
+                                                                "preset's, else 255)", INTEGER, None, optional=True,
+                                                                minValue=0)))
+        self.addParameter(advanced(QgsProcessingParameterBoolean("REDUCE_ZERO_LABEL", "Reduce zero label (0 "
+                                                                 "ignored, others minus one; on when the preset "
+                                                                 "says so)", False)))
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Report (JSON)", "JSON files (*.json)"))
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT_CSV", "Per-class scores (CSV)",
+                                                                "CSV files (*.csv)", optional=True))
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT_PLOT", "Confusion matrix (PNG)",
+                                                                "PNG files (*.png)", optional=True))
+        self.addOutput(QgsProcessingOutputNumber("MIOU", "mIoU (%)"))
+        self.addOutput(QgsProcessingOutputNumber("PIXEL_ACCURACY", "Pixel accuracy (%)"))
+        self.addOutput(QgsProcessingOutputString("REPORT", "Report (JSON text)"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        import json
+
+        from ..core.evaluate import (
+            ConfusionMatrix,
+            EvaluationReport,
+            LabelEncoding,
+            report_classes,
+            score_classified_raster,
+        )
+        from ..core.presets import load_preset
+        from ..core.raster import LABEL_NODATA, read_class_table
+        from ..core.segment import Cancelled
+        from .segment import gdal_path, optional_value
+
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        if layer is None or gdal_path(layer) is None:
+            raise QgsProcessingException("INPUT must be a classified raster file (GeoTIFF or any GDAL raster)")
+        classified = gdal_path(layer)
+        reference_layer = self.parameterAsRasterLayer(parameters, "REFERENCE", context)
+        polygons = optional_value(parameters, "REFERENCE_POLYGONS") is not None
+        if (reference_layer is None) == (not polygons):
+            raise QgsProcessingException("give either a reference label raster (REFERENCE) or reference polygons "
+                                         "(REFERENCE_POLYGONS with CLASS_FIELD), not both or neither")
+        class_field = self.parameterAsString(parameters, "CLASS_FIELD", context) if polygons else None
+        layer_name = None
+        if polygons:
+            if not class_field:
+                raise QgsProcessingException("reference polygons need CLASS_FIELD: the field holding each "
+                                             "polygon's class index or class name")
+            reference, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+                parameters, "REFERENCE_POLYGONS", context, QgsVectorFileWriter.supportedFormatExtensions(), "gpkg",
+                feedback)
+        else:
+            reference = gdal_path(reference_layer)
+            if reference is None:
+                raise QgsProcessingException("REFERENCE must be a label raster file (any GDAL raster)")
+        preset_name = self.parameterAsEnumString(parameters, "PRESET", context) or None
+        try:
+            preset = load_preset(preset_name) if preset_name else None
+            names, aliases, background = report_classes(preset, category_names=read_class_table(classified)[0])
+            if optional_value(parameters, "IGNORE_INDEX") is not None:
+                ignore_index = self.parameterAsInt(parameters, "IGNORE_INDEX", context)
+            else:
+                ignore_index = preset.ignore_index if preset else LABEL_NODATA
+            encoding = LabelEncoding(names, ignore_index,
+                                     self.parameterAsBool(parameters, "REDUCE_ZERO_LABEL", context) or
+                                     bool(preset and preset.reduce_zero_label),
+                                     self.parameterAsString(parameters, "LABEL_MAP", context), aliases)
+            feedback.pushInfo(f"classes: {', '.join(names)}; ignore index {encoding.ignore_index}"
+                              f"{', reduce_zero_label' if encoding.reduce_zero_label else ''}")
+            confusion = score_classified_raster(classified, reference, encoding, ProcessingFeedbackBridge(feedback),
+                                                class_field=class_field, layer_name=layer_name)
+        except Cancelled:
+            raise QgsProcessingException("cancelled: no output was written") from None
+        except ValueError as error:
+            raise QgsProcessingException(str(error)) from error
+        if not confusion.counts.any():
+            raise QgsProcessingException(f"the reference labels no pixel of {classified} (all ignored, nodata or "
+                                         "outside it): check its extent and CRS, the ignore index and the label map")
+        report = EvaluationReport(names, ConfusionMatrix(len(names)), background)
+        if preset:
+            report.title = preset.title
+        report.add_image(Path(classified).stem, confusion)
+        report.settings = {"classified": classified, "reference": str(reference), "class_field": class_field,
+                           "preset": preset_name, "ignore_index": encoding.ignore_index,
+                           "reduce_zero_label": encoding.reduce_zero_label, "label_map": encoding.label_map}
+        for line in report.table().splitlines():
+            feedback.pushInfo(line)
+        outputs = {"OUTPUT": self.parameterAsFileOutput(parameters, "OUTPUT", context),
+                   "OUTPUT_CSV": self.parameterAsFileOutput(parameters, "OUTPUT_CSV", context) or None,
+                   "OUTPUT_PLOT": self.parameterAsFileOutput(parameters, "OUTPUT_PLOT", context) or None}
+        report.write(outputs["OUTPUT"], outputs["OUTPUT_CSV"], outputs["OUTPUT_PLOT"], warn=feedback.pushWarning)
+        summary = report.as_dict()
+        return {**outputs, "MIOU": summary["miou"], "PIXEL_ACCURACY": summary["pixel_accuracy"],
+                "REPORT": json.dumps(summary)}
