@@ -63,7 +63,8 @@ print(f"QGIS 3.40 environment ok: QGIS {qgis.core.Qgis.QGIS_VERSION}, Python {sy
       f"numpy {numpy.__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
 """
 QGIS340_TESTS = ["tests/test_algorithms.py", "tests/test_plugin.py", "tests/test_pipeline.py",
-                 "tests/test_vectorize.py", "tests/test_bundle.py", "tests/test_cross_version.py"]
+                 "tests/test_vectorize.py", "tests/test_bundle.py", "tests/test_cross_version.py",
+                 "tests/test_sar_pipeline.py", "tests/test_evaluate.py"]
 
 
 class SetupError(RuntimeError):
