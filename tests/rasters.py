@@ -1,7 +1,7 @@
 """Small georeferenced rasters made with GDAL inside the tests (no third-party imagery)."""
 
 import numpy as np
-from osgeo import gdal, osr
+from osgeo import gdal, gdal_array, osr
 
 from segearth_qgis.core.synthetic import synthetic_scene
 
@@ -14,14 +14,18 @@ def srs_wkt(epsg):
     return srs.ExportToWkt()
 
 
-def write_geotiff(path, bands, epsg=25832, geotransform=None, nodata=None, color_interp=None, options=()):
-    """``bands``: (n, h, w) array of any GDAL type; the geotransform defaults to 0.5 m pixels in UTM 32N."""
+def write_geotiff(path, bands, epsg=25832, geotransform=None, nodata=None, color_interp=None, options=(), wkt=None,
+                  descriptions=(), metadata=None, band_metadata=()):
+    """``bands``: (n, h, w) array of any numpy type GDAL stores (complex included); the geotransform defaults to
+    0.5 m pixels in UTM 32N; ``wkt`` replaces ``epsg``; descriptions and metadata are optional texts."""
     bands = np.asarray(bands)
     count, height, width = bands.shape
-    gdal_type = gdal.GetDataTypeByName({"uint8": "Byte", "uint16": "UInt16", "float32": "Float32"}[str(bands.dtype)])
+    gdal_type = gdal_array.NumericTypeCodeToGDALTypeCode(bands.dtype)
     dataset = gdal.GetDriverByName("GTiff").Create(str(path), width, height, count, gdal_type, list(options))
     dataset.SetGeoTransform(geotransform or (UTM32_ORIGIN[0], 0.5, 0, UTM32_ORIGIN[1], 0, -0.5))
-    dataset.SetProjection(srs_wkt(epsg))
+    dataset.SetProjection(wkt or srs_wkt(epsg))
+    if metadata:
+        dataset.SetMetadata(metadata)
     for i in range(count):
         band = dataset.GetRasterBand(i + 1)
         band.WriteArray(bands[i])
@@ -29,6 +33,10 @@ def write_geotiff(path, bands, epsg=25832, geotransform=None, nodata=None, color
             band.SetNoDataValue(nodata)
         if color_interp:
             band.SetColorInterpretation(color_interp[i])
+        if i < len(descriptions):
+            band.SetDescription(descriptions[i])
+        if i < len(band_metadata):
+            band.SetMetadata(band_metadata[i])
     dataset = None
     return str(path)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from osgeo import gdal, gdal_array
-from rasters import UTM32_ORIGIN, srs_wkt, write_geotiff
+from rasters import UTM32_ORIGIN, write_geotiff
 
 from segearth_qgis.core.raster import RasterInputError, open_raster
 from segearth_qgis.core.sar import (
@@ -21,26 +21,10 @@ OPTICAL_REASON = ("no SAR evidence (data type {type}, {count}, no polarisation n
 
 
 def sar_raster(path, bands, descriptions=(), metadata=None, band_metadata=(), nodata=None):
-    """Any numpy type, complex included (``write_geotiff`` knows only uint8, uint16 and float32), with texts."""
-    bands = np.asarray(bands)
-    count, height, width = bands.shape
-    gdal_type = gdal_array.NumericTypeCodeToGDALTypeCode(bands.dtype)
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), width, height, count, gdal_type)
-    dataset.SetGeoTransform((UTM32_ORIGIN[0], 10.0, 0, UTM32_ORIGIN[1], 0, -10.0))
-    dataset.SetProjection(srs_wkt(32632))
-    if metadata:
-        dataset.SetMetadata(metadata)
-    for i in range(count):
-        band = dataset.GetRasterBand(i + 1)
-        band.WriteArray(bands[i])
-        if i < len(descriptions):
-            band.SetDescription(descriptions[i])
-        if i < len(band_metadata):
-            band.SetMetadata(band_metadata[i])
-        if nodata is not None:
-            band.SetNoDataValue(nodata)
-    dataset = None
-    return open_raster(path)
+    """10 m pixels in UTM 32N, any numpy type (complex included), with texts; opened for reading."""
+    return open_raster(write_geotiff(path, bands, 32632, (UTM32_ORIGIN[0], 10.0, 0, UTM32_ORIGIN[1], 0, -10.0),
+                                     nodata, descriptions=descriptions, metadata=metadata,
+                                     band_metadata=band_metadata))
 
 
 def intensity_bands(count, height=12, width=16, seed=0):

@@ -6,7 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 from osgeo import gdal, osr
-from rasters import UTM32_ORIGIN, read_band, scene_bands, srs_wkt
+from rasters import UTM32_ORIGIN, read_band, scene_bands, srs_wkt, write_geotiff
 
 import build
 from segearth_qgis.core.pipeline import SegmentOptions, SegmentOutputs, model_gba_lambda, segment_raster
@@ -23,25 +23,9 @@ NO_EPSG_WKT = ('PROJCS["local transverse mercator",GEOGCS["WGS 84",DATUM["WGS_19
 
 
 def write(path, bands, geotransform=(UTM32_ORIGIN[0], 10.0, 0.0, UTM32_ORIGIN[1], 0.0, -10.0), wkt=None,
-          descriptions=(), nodata=None):
-    """Any numpy type (complex included) with a geotransform that may be rotated and a CRS without EPSG code."""
-    from osgeo import gdal_array
-
-    bands = np.asarray(bands)
-    count, height, width = bands.shape
-    gdal_type = gdal_array.NumericTypeCodeToGDALTypeCode(bands.dtype)
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), width, height, count, gdal_type)
-    dataset.SetGeoTransform(geotransform)
-    dataset.SetProjection(wkt or srs_wkt(32632))
-    for i in range(count):
-        band = dataset.GetRasterBand(i + 1)
-        band.WriteArray(bands[i])
-        if i < len(descriptions):
-            band.SetDescription(descriptions[i])
-        if nodata is not None:
-            band.SetNoDataValue(nodata)
-    dataset = None
-    return str(path)
+          descriptions=()):
+    """10 m pixels in UTM 32N unless given: a geotransform that may be rotated, a CRS without EPSG code."""
+    return write_geotiff(path, bands, 32632, geotransform, wkt=wkt, descriptions=descriptions)
 
 
 def dual_pol(height=48, width=64, seed=0, border=6):

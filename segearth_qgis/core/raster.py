@@ -238,6 +238,7 @@ class ProcessingSource:
         if sensor == "sar":
             from . import sar
 
+            self._to_decibels = sar.to_decibels
             band, notes = sar.choose_sar_band(self.dataset, polarisation, bands)
             self.bands = [band]
             self.notes += notes
@@ -302,10 +303,8 @@ class ProcessingSource:
         width = (self.grid.width if col1 is None else col1) - col0
         valid = self._valid(self.reader, col0, row0, width, rows)
         if self.sensor == "sar":
-            from .sar import to_decibels
-
             values = self.reader.GetRasterBand(1).ReadAsArray(col0, row0, width, rows)
-            decibels = to_decibels(values, self.read_scale)
+            decibels = self._to_decibels(values, self.read_scale)
             valid &= np.isfinite(decibels)
             return self.stretch.replicate(self.stretch.from_decibels(decibels)), valid
         data = np.stack([self.reader.GetRasterBand(i).ReadAsArray(col0, row0, width, rows)
@@ -326,10 +325,8 @@ class ProcessingSource:
         width = self.native.width
         valid = self._valid(self.subset, 0, row0, width, row1 - row0)
         if self.sensor == "sar":
-            from .sar import to_decibels
-
             values = self.subset.GetRasterBand(1).ReadAsArray(0, row0, width, row1 - row0)
-            valid &= np.isfinite(to_decibels(values, self.stretch.scale))
+            valid &= np.isfinite(self._to_decibels(values, self.stretch.scale))
         return valid
 
     def close(self):

@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from osgeo import gdal
 
-from .raster import ProcessingSource, RasterInputError, dataset_grid, open_raster
+from .raster import COMPLEX_TYPES, ProcessingSource, RasterInputError, dataset_grid, open_raster
 from .segment import Cancelled, normalize
 
 CHECKPOINT = "checkpoint.pt"
@@ -125,18 +126,14 @@ class PairedWindows:
         self.holdout_rows = (height - holdout, height - window)
 
     def _on_optical_grid(self, optical_path, sar_path):
-        optical, sar = dataset_grid(open_raster(optical_path)), dataset_grid(open_raster(sar_path))
-        if optical == sar:
-            return sar_path
         dataset = open_raster(sar_path)
-        from .raster import COMPLEX_TYPES
-
+        optical = dataset_grid(open_raster(optical_path))
+        if optical == dataset_grid(dataset):
+            return sar_path
         if any(dataset.GetRasterBand(i).DataType in COMPLEX_TYPES for i in range(1, dataset.RasterCount + 1)):
             raise RasterInputError("the SAR raster is complex and not on the optical raster's grid: convert it to "
                                    "intensity (or dB) and co-register it first")
         self._vsimem = f"/vsimem/segearth-sar-on-optical-{os.getpid()}-{id(self)}.vrt"
-        from osgeo import gdal
-
         gdal.Warp(self._vsimem, dataset, format="VRT", dstSRS=optical.srs_wkt, width=optical.width,
                   height=optical.height, outputBounds=optical.extent, resampleAlg="bilinear")
         self.notes.append("the SAR raster was warped onto the optical raster's grid (bilinear, GDAL)")
@@ -170,8 +167,6 @@ class PairedWindows:
         self.optical.close()
         self.sar.close()
         if self._vsimem:
-            from osgeo import gdal
-
             gdal.Unlink(self._vsimem)
 
 
