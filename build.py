@@ -290,6 +290,28 @@ def lint(venv):
     return run_in_env(venv, [str(venv / "bin" / "ruff"), "check", str(ROOT)])
 
 
+def offline_wheels(venv):
+    """The onnx profile's CPU wheels and a pip wheel for QGIS's Python, saved by `pip download` as a user makes a
+    folder for an offline install (README: Dependencies); the installer tests install from it. Cached by the pins."""
+    pins = json.loads((ROOT / "resources" / "dependencies.json").read_text())
+    pip_version = pins["pip"]["wheel"].split("-")[1]
+    requirements = [pins["onnxruntime"]["cpu"], *pins["profiles"]["onnx"], f"pip=={pip_version}"]
+    folder = cache_dir() / f"wheels-{hashlib.sha256(json.dumps(requirements).encode()).hexdigest()[:16]}"
+    if (folder / ".complete").exists():
+        return folder
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    say(f"wheels: downloading {' '.join(requirements)} for the offline-install tests")
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "download", "-q", "--disable-pip-version-check",
+                    "--only-binary=:all:", "--dest", str(partial), *requirements], check=True)
+    (partial / ".complete").write_text(json.dumps(requirements) + "\n")
+    os.replace(partial, folder)
+    for old in cache_dir().glob("wheels-*"):
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 def test(venv, pytest_args, qgis="3.22"):
     code = lint(venv)
     if code:
@@ -297,9 +319,10 @@ def test(venv, pytest_args, qgis="3.22"):
         return code
     if qgis == "3.40":
         return test_qgis340(venv, pytest_args)
+    wheels = offline_wheels(venv)
     with tempfile.TemporaryDirectory(prefix="segearth-qgis-profile-") as profile:
         command = [str(venv / "bin" / "python"), "-m", "pytest", "--qgis_disable_gui", "-ra", *pytest_args]
-        code = run_in_env(venv, command, {"QGIS_CUSTOM_CONFIG_PATH": profile})
+        code = run_in_env(venv, command, {"QGIS_CUSTOM_CONFIG_PATH": profile, "SEGEARTH_TEST_WHEELS": str(wheels)})
     if code == 5:
         say("pytest collected no tests: that counts as a failure")
     return code

@@ -11,7 +11,7 @@ def close_dataset(dataset):
     getattr(dataset, "Close", dataset.Destroy)()
 
 
-PROCESSING_ENUMS = ("ADVANCED", "DOUBLE", "INTEGER", "FILE", "POLYGONS")
+PROCESSING_ENUMS = ("ADVANCED", "DOUBLE", "INTEGER", "FILE", "FOLDER", "POLYGONS")
 
 
 def __getattr__(name):
@@ -32,12 +32,14 @@ def __getattr__(name):
                  "DOUBLE": Qgis.ProcessingNumberParameterType.Double,
                  "INTEGER": Qgis.ProcessingNumberParameterType.Integer,
                  "FILE": Qgis.ProcessingFileParameterBehavior.File,
+                 "FOLDER": Qgis.ProcessingFileParameterBehavior.Folder,
                  "POLYGONS": Qgis.ProcessingSourceType.VectorPolygon}
     else:
         enums = {"ADVANCED": QgsProcessingParameterDefinition.Flag.FlagAdvanced,
                  "DOUBLE": QgsProcessingParameterNumber.Type.Double,
                  "INTEGER": QgsProcessingParameterNumber.Type.Integer,
                  "FILE": QgsProcessingParameterFile.Behavior.File,
+                 "FOLDER": QgsProcessingParameterFile.Behavior.Folder,
                  "POLYGONS": QgsProcessing.SourceType.TypeVectorPolygon}
     globals().update(enums)
     return enums[name]

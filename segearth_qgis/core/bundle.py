@@ -216,7 +216,7 @@ def load_bundle(path, backend="auto", device="auto"):
 
         return OnnxModel(folder, manifest, device)
     except ImportError as error:
-        if backend == "onnx":
+        if backend == "onnx" or not manifest.get("torch"):  # nothing else could run it: onnxruntime is what is missing
             raise
         return _load_torch(folder, manifest, device, f"auto: onnxruntime unavailable ({error})")
 
@@ -231,8 +231,11 @@ def _load_torch(folder, manifest, device, note):
 
         from .torch_model import load_model_from_checkpoints
     except ImportError as error:
+        if not note:  # the torch backend was asked for
+            raise
         raise ImportError("neither onnxruntime nor torch can run here: install onnxruntime (pip install "
-                          "onnxruntime-gpu, or onnxruntime on machines without an NVIDIA GPU)") from error
+                          "onnxruntime-gpu, or onnxruntime on machines without an NVIDIA GPU)",
+                          name="onnxruntime") from error
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():

@@ -1,8 +1,12 @@
 """What every SegEarth-OV algorithm shares: naming, feedback relay, runtime errors, and styling loaded outputs."""
 
+from urllib.parse import quote
+
 from qgis.core import (
+    QgsApplication,
     QgsCategorizedSymbolRenderer,
     QgsFillSymbol,
+    QgsNetworkAccessManager,
     QgsPalettedRasterRenderer,
     QgsProcessingAlgorithm,
     QgsProcessingException,
@@ -13,14 +17,13 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.PyQt.QtGui import QColor, QIcon
+from qgis.PyQt.QtNetwork import QNetworkProxy
 
 from ..compat import ADVANCED, DOUBLE, FILE, INTEGER  # noqa: F401 (DOUBLE, FILE, INTEGER: for the algorithms)
 from ..core.resources import resource_path
 
 MODEL_DIR_SETTING = "SEGEARTH_MODEL_DIR"  # Options > Processing > Providers > SegEarth-OV > Model folder
-INSTALL_HINT = ("SegEarth-OV needs onnxruntime, numpy and GDAL in the Python that QGIS runs (torch and open_clip "
-                "only for the torch backend and exports). Install them with the plugin's dependency installer, or: "
-                "python3 -m pip install --user onnxruntime (onnxruntime-gpu on NVIDIA machines)")
+MISSING_RUNTIME_LISTENERS = []  # the desktop's install prompt (dependency_prompt.py) registers here
 
 
 class SegEarthAlgorithm(QgsProcessingAlgorithm):
@@ -59,11 +62,47 @@ def advanced(parameter):
 
 
 def runtime_import(function):
-    """Run an import-heavy call; a missing package becomes a QgsProcessingException saying how to install it."""
+    """Run an import-heavy call; a missing package becomes a QgsProcessingException saying how to install it (and,
+    in the desktop, the install prompt is offered)."""
+    from ..core.dependencies import missing_runtime_message, profile_for
+
     try:
         return function()
     except ImportError as error:
-        raise QgsProcessingException(f"{error}. {INSTALL_HINT}") from error
+        module = missing_module(error)
+        if module is None:
+            raise QgsProcessingException(f"{error}. {missing_runtime_message('onnxruntime')}") from error
+        message = missing_runtime_message(module)
+        for listener in list(MISSING_RUNTIME_LISTENERS):
+            listener(profile_for(module), message)
+        raise QgsProcessingException(message) from error
+
+
+def missing_module(error):
+    """The top-level module whose absence caused ``error`` (an ImportError, perhaps re-raised with another text)."""
+    while error is not None:
+        if isinstance(error, ImportError) and error.name:
+            return error.name.split(".")[0]
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def runtime_root():
+    """This QGIS profile's runtime folder for the running Python (see core/dependencies.py)."""
+    from ..core.dependencies import runtime_root as root
+
+    return root(QgsApplication.qgisSettingsDirPath())
+
+
+def qgis_proxies():
+    """QGIS's proxy (Settings > Options > Network) as urllib proxies; None leaves the environment's in effect."""
+    proxy = QgsNetworkAccessManager.instance().fallbackProxy()
+    if proxy.type() not in (QNetworkProxy.ProxyType.HttpProxy, QNetworkProxy.ProxyType.HttpCachingProxy) or \
+            not proxy.hostName():
+        return None
+    credentials = f"{quote(proxy.user(), safe='')}:{quote(proxy.password(), safe='')}@" if proxy.user() else ""
+    url = f"http://{credentials}{proxy.hostName()}:{proxy.port()}"
+    return {"http": url, "https": url}
 
 
 class ProcessingFeedbackBridge:

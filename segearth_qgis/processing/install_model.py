@@ -1,31 +1,23 @@
 """``segearth:install_model``: download the official weights into default bundles, or install a bundle offline."""
 
-from urllib.parse import quote
-
 from qgis.core import (
-    QgsNetworkAccessManager,
     QgsProcessingException,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
 )
-from qgis.PyQt.QtNetwork import QNetworkProxy
 
-from .base import FILE, ProcessingFeedbackBridge, SegEarthAlgorithm, configure_model_store, runtime_import
+from .base import (
+    FILE,
+    ProcessingFeedbackBridge,
+    SegEarthAlgorithm,
+    configure_model_store,
+    qgis_proxies,
+    runtime_import,
+)
 
 SOURCES = ["optical", "sar", "all"]
-
-
-def qgis_proxies():
-    """QGIS's proxy (Settings > Options > Network) as urllib proxies; None leaves the environment's in effect."""
-    proxy = QgsNetworkAccessManager.instance().fallbackProxy()
-    if proxy.type() not in (QNetworkProxy.ProxyType.HttpProxy, QNetworkProxy.ProxyType.HttpCachingProxy) or \
-            not proxy.hostName():
-        return None
-    credentials = f"{quote(proxy.user(), safe='')}:{quote(proxy.password(), safe='')}@" if proxy.user() else ""
-    url = f"http://{credentials}{proxy.hostName()}:{proxy.port()}"
-    return {"http": url, "https": url}
 
 
 class InstallModelAlgorithm(SegEarthAlgorithm):

@@ -1,10 +1,10 @@
 """The Processing provider ``segearth``; it loads without torch or onnxruntime, which the algorithms import lazily."""
 
-from qgis.core import QgsProcessingProvider
+from qgis.core import Qgis, QgsMessageLog, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.resources import resource_path
-from .base import MODEL_DIR_SETTING
+from .base import MODEL_DIR_SETTING, runtime_root
 
 
 class SegEarthProvider(QgsProcessingProvider):
@@ -21,7 +21,12 @@ class SegEarthProvider(QgsProcessingProvider):
         return QIcon(str(resource_path("icon.svg")))
 
     def load(self):
-        """Registers the Model folder setting (Options > Processing > Providers), then the algorithms."""
+        """Logs which runtimes are installed (found without importing them), registers the Model folder setting
+        (Options > Processing > Providers), then the algorithms."""
+        from ..core.dependencies import active_site, detect
+
+        QgsMessageLog.logMessage(f"runtime: {detect(active_site(runtime_root())).summary()}", self.name(),
+                                 Qgis.MessageLevel.Info)
         try:
             from processing.core.ProcessingConfig import ProcessingConfig, Setting
         except ImportError:  # no Processing plugin (bare PyQGIS): the algorithms read the setting all the same
@@ -42,13 +47,14 @@ class SegEarthProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):
         from .evaluate import EvaluateAlgorithm
+        from .install_dependencies import InstallDependenciesAlgorithm
         from .install_model import InstallModelAlgorithm
         from .segment import SegmentAlgorithm
         from .train_sar_student import TrainSarStudentAlgorithm
         from .vectorize import VectorizeAlgorithm
 
         for algorithm in (SegmentAlgorithm(), VectorizeAlgorithm(), EvaluateAlgorithm(), InstallModelAlgorithm(),
-                          TrainSarStudentAlgorithm()):
+                          TrainSarStudentAlgorithm(), InstallDependenciesAlgorithm()):
             self.addAlgorithm(algorithm)
 
     def supportedOutputRasterLayerExtensions(self):
