@@ -64,7 +64,9 @@ print(f"QGIS 3.40 environment ok: QGIS {qgis.core.Qgis.QGIS_VERSION}, Python {sy
 """
 QGIS340_TESTS = ["tests/test_algorithms.py", "tests/test_plugin.py", "tests/test_pipeline.py",
                  "tests/test_vectorize.py", "tests/test_bundle.py", "tests/test_cross_version.py",
-                 "tests/test_sar_pipeline.py", "tests/test_evaluate.py"]
+                 "tests/test_sar_pipeline.py", "tests/test_evaluate.py", "tests/test_dependencies.py"]
+ROOT_PYTHON = "3.13"  # Debian 13's
+WHEEL_PLATFORMS = ["manylinux2014", "manylinux_2_17", "manylinux_2_27", "manylinux_2_28", "manylinux_2_34"]
 
 
 class SetupError(RuntimeError):
@@ -290,25 +292,29 @@ def lint(venv):
     return run_in_env(venv, [str(venv / "bin" / "ruff"), "check", str(ROOT)])
 
 
-def offline_wheels(venv):
-    """The onnx profile's CPU wheels and a pip wheel for QGIS's Python, saved by `pip download` as a user makes a
-    folder for an offline install (README: Dependencies); the installer tests install from it. Cached by the pins."""
+def offline_wheels(venv, python_version=None):
+    """The onnx profile's CPU wheels and a pip wheel, saved by `pip download` as a user makes a folder for an offline
+    install (README: In QGIS); the installer tests install from it. For this Python, or for CPython
+    ``python_version`` on x86-64 Linux (the QGIS 3.40 root's). Cached by the pins."""
     pins = json.loads((ROOT / "resources" / "dependencies.json").read_text())
     pip_version = pins["pip"]["wheel"].split("-")[1]
     requirements = [pins["onnxruntime"]["cpu"], *pins["profiles"]["onnx"], f"pip=={pip_version}"]
-    folder = cache_dir() / f"wheels-{hashlib.sha256(json.dumps(requirements).encode()).hexdigest()[:16]}"
+    target = []
+    if python_version:
+        target = ["--python-version", python_version, "--implementation", "cp",
+                  *(f"--platform={tag}_x86_64" for tag in WHEEL_PLATFORMS)]
+    key = hashlib.sha256(json.dumps([requirements, target]).encode()).hexdigest()[:16]
+    folder = cache_dir() / f"wheels-{key}"
     if (folder / ".complete").exists():
         return folder
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    say(f"wheels: downloading {' '.join(requirements)} for the offline-install tests")
+    say(f"wheels: downloading {' '.join(requirements)} (Python {python_version or 'of the venv'}) for the "
+        "offline-install tests")
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                    "--only-binary=:all:", "--dest", str(partial), *requirements], check=True)
-    (partial / ".complete").write_text(json.dumps(requirements) + "\n")
+                    "--only-binary=:all:", *target, "--dest", str(partial), *requirements], check=True)
+    (partial / ".complete").write_text(json.dumps([requirements, target]) + "\n")
     os.replace(partial, folder)
-    for old in cache_dir().glob("wheels-*"):
-        if old != folder:
-            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
@@ -540,13 +546,14 @@ def test_qgis340(venv, pytest_args):
         if code:
             say("writing the cross-version reference under QGIS 3.22 failed (above)")
             return code
+        shutil.copytree(offline_wheels(venv, ROOT_PYTHON), run / "wheels")
         mounts = [("proc", None, "/proc"), ("bind", "/dev", "/dev"), ("tmpfs", None, "/dev/shm"),
                   ("bind", run, "/tmp"), ("bind", ROOT, ROOT)]
         if shared.is_dir():
             mounts.append(("bind-ro", shared, shared))
         env = root_env(VIRTUAL_ENV=ROOT_VENV, PYTHONPATH=str(ROOT), PYTHONNOUSERSITE="1", QT_QPA_PLATFORM="offscreen",
                        HF_HUB_OFFLINE="1", XDG_RUNTIME_DIR="/tmp", QGIS_CUSTOM_CONFIG_PATH="/tmp/qgis340-profile",
-                       SEGEARTH_CROSS_VERSION="/tmp/cross-version")
+                       SEGEARTH_CROSS_VERSION="/tmp/cross-version", SEGEARTH_TEST_WHEELS="/tmp/wheels")
         names_tests = any((ROOT / a.split("::")[0]).exists() for a in pytest_args if not a.startswith("-"))
         command = [f"{ROOT_VENV}/bin/python", "-m", "pytest", "--qgis_disable_gui", "-ra",
                    *([] if names_tests else QGIS340_TESTS), *pytest_args]

@@ -401,13 +401,16 @@ def test_fresh_venv_fails_clearly_then_installs_offline_and_segments(fresh_venv_
     assert process.returncode == 0, process.stdout[-4000:] + process.stderr[-4000:]
     log = process.stdout + process.stderr
     assert f"QGIS's Python: {run['venv'] / 'bin' / 'python'}" in log
-    assert "kept as QGIS has them:" in log and "numpy 1.24.2" in log and "GDAL 3.6.2" in log
+    import numpy
+
+    assert "kept as QGIS has them:" in log
+    assert f"numpy {numpy.__version__}" in log and f"GDAL {gdal.__version__}" in log
     root = Path(results["RUNTIME_DIR"])
     profile = run["work"] / "profile" / "profiles" / "default"
     assert root == profile / "segearth-runtime" / dependencies.interpreter_tag()
     state = dependencies.read_state(root)
     assert state["profile"] == "onnx" and state["gpu"] is False and state["packages"]["onnxruntime"] == "1.31.1"
-    assert "numpy" not in state["packages"] and state["pins"]["numpy"] == "1.24.2"
+    assert "numpy" not in state["packages"] and state["pins"]["numpy"] == numpy.__version__
     assert "onnxruntime 1.31.1 (runtime folder)" in results["STATUS"]
     assert results["RESTART_NEEDED"] is False
 
