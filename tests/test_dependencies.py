@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from cross_version import AGREEMENT, segment_parameters
 from osgeo import gdal
+from qgis.PyQt.QtWidgets import QPushButton
 from rasters import read_band, scene_bands, write_geotiff
 
 import build
@@ -282,7 +283,6 @@ def test_cancel_and_failure_keep_the_previous_runtime(wheel_folder, tmp_path):
 
 def test_runtime_import_says_how_to_install_and_offers_the_prompt(qgis_app, qgis_iface):
     from qgis.core import QgsProcessingException
-    from qgis.PyQt.QtWidgets import QPushButton
 
     from segearth_qgis.dependency_prompt import InstallPrompt
     from segearth_qgis.processing.base import MISSING_RUNTIME_LISTENERS, runtime_import
@@ -307,6 +307,35 @@ def test_runtime_import_says_how_to_install_and_offers_the_prompt(qgis_app, qgis
     finally:
         prompt.unload()
     assert prompt._listener not in MISSING_RUNTIME_LISTENERS
+
+
+def test_the_prompt_opens_the_installer_dialog_on_the_missing_profile(qgis_app, qgis_iface, monkeypatch):
+    import processing
+
+    from segearth_qgis.dependency_prompt import InstallPrompt
+
+    opened = []
+    monkeypatch.setattr(processing, "execAlgorithmDialog", lambda name, parameters: opened.append((name, parameters)),
+                        raising=False)
+    prompt = InstallPrompt(qgis_iface)
+    try:
+        prompt.offer("full", "torch is not installed in the Python that QGIS runs. Install it with ...")
+        prompt.item.findChild(QPushButton, "segearth_install_dependencies").click()
+    finally:
+        prompt.unload()
+    assert opened == [("segearth:install_dependencies", {"PROFILE": "full"})]
+    assert prompt.item is None
+
+
+def test_a_qgis_upgrade_of_numpy_is_noticed(monkeypatch, tmp_path):
+    import numpy
+
+    root = tmp_path / "runtime"
+    (root / "env-1").mkdir(parents=True)
+    dependencies.write_state(root, {"active": "env-1", "pins": {"numpy": "1.0.0", "GDAL": gdal.__version__}})
+    assert dependencies.changed_since_install(root) == [("numpy", "1.0.0", numpy.__version__)]
+    dependencies.write_state(root, {"active": "env-1", "pins": {"numpy": numpy.__version__}})
+    assert dependencies.changed_since_install(root) == []
 
 
 # The first run, in qgis_process, as a user meets it.

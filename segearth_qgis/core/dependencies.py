@@ -156,6 +156,21 @@ def detect(active=None):
     return RuntimeStatus(found, Path(active).resolve() if active else None)
 
 
+def changed_since_install(root):
+    """(name, version at install, version now) for QGIS's numpy and GDAL when they changed since the runtime in
+    ``root`` was installed (a QGIS upgrade): its compiled packages may then need a repair."""
+    pins = read_state(root).get("pins", {}) if active_site(root) else {}
+    changed = []
+    for name in ("numpy", "GDAL"):
+        try:
+            now = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if pins.get(name) and pins[name] != now:
+            changed.append((name, pins[name], now))
+    return changed
+
+
 def profile_for(module):
     """The installer profile that provides ``module``."""
     return "full" if module.split(".")[0] in TORCH_MODULES else "onnx"

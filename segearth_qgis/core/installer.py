@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .dependencies import PROFILE_MODULES, PROFILES, active_site, add_site, read_state, remove_site, write_state
-from .download import fetch
+from .download import DownloadError, fetch
 from .resources import resource_path
 from .segment import Cancelled
 
@@ -349,8 +349,13 @@ def pip_command(python, tools_dir, wheels=None, proxies=None, log=print, cancell
             if _wheel_version(wheel) >= PIP_MIN:
                 return [str(python), str(wheel / "pip")]
     urls = [os.environ[PIP_WHEEL_URL_ENV]] if os.environ.get(PIP_WHEEL_URL_ENV) else PIP_WHEEL_URLS
-    fetched = fetch(urls, Path(tools_dir) / PIP_WHEEL, sha256=PIP_WHEEL_SHA256, proxies=proxies, log=log,
-                    cancelled=cancelled)
+    try:
+        fetched = fetch(urls, Path(tools_dir) / PIP_WHEEL, sha256=PIP_WHEEL_SHA256, proxies=proxies, log=log,
+                        cancelled=cancelled)
+    except DownloadError as error:
+        raise InstallError(f"QGIS's Python has no usable pip and {PIP_WHEEL} could not be downloaded ({error}); put "
+                           "a pip wheel into the wheel folder (the README's pip download command includes pip)"
+                           ) from None
     return [str(python), str(Path(fetched["path"]) / "pip")]
 
 

@@ -23,10 +23,15 @@ class SegEarthProvider(QgsProcessingProvider):
     def load(self):
         """Logs which runtimes are installed (found without importing them), registers the Model folder setting
         (Options > Processing > Providers), then the algorithms."""
-        from ..core.dependencies import active_site, detect
+        from ..core.dependencies import active_site, changed_since_install, detect
 
-        QgsMessageLog.logMessage(f"runtime: {detect(active_site(runtime_root())).summary()}", self.name(),
+        root = runtime_root()
+        QgsMessageLog.logMessage(f"runtime: {detect(active_site(root)).summary()}", self.name(),
                                  Qgis.MessageLevel.Info)
+        for name, was, now in changed_since_install(root):
+            QgsMessageLog.logMessage(f"the runtime in {root} was installed for {name} {was}; QGIS now has {now}. If "
+                                     "a run fails to import, run Install dependencies with ACTION repair",
+                                     self.name(), Qgis.MessageLevel.Warning)
         try:
             from processing.core.ProcessingConfig import ProcessingConfig, Setting
         except ImportError:  # no Processing plugin (bare PyQGIS): the algorithms read the setting all the same
