@@ -156,8 +156,32 @@ def test_cuda_asked_for_without_a_usable_gpu_is_refused_and_full_adds_torch(monk
         installer.plan_install("everything", "auto", probe, offline=False)
 
 
+@pytest.mark.parametrize("machine, release", [("x86_64", "14.5"), ("arm64", "13.6")])
+def test_intel_macs_and_macos_13_get_the_last_onnxruntime_built_for_them(monkeypatch, machine, release):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(installer.platform, "machine", lambda: machine)
+    monkeypatch.setattr(installer.platform, "mac_ver", lambda: (release, ("", "", ""), machine))
+    plan = installer.plan_install("onnx", "auto", installer.probe_gpu(sys.executable), offline=False)
+    assert plan.requirements[0] == installer.ORT_OLD_MACOS == "onnxruntime==1.23.2"
+    assert not any(r.startswith("numba") for r in plan.requirements)
+    assert installer.plan_modules(plan) == ["onnxruntime", "ftfy", "regex"]
+    with pytest.raises(installer.InstallError, match="no wheels for Intel Macs or macOS before 14"):
+        installer.plan_install("full", "auto", None, offline=False)
+
+
+def test_apple_silicon_on_macos_14_gets_the_current_packages(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(installer.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(installer.platform, "mac_ver", lambda: ("15.1", ("", "", ""), "arm64"))
+    plan = installer.plan_install("full", "auto", installer.probe_gpu(sys.executable), offline=False)
+    assert plan.requirements[0] == installer.ORT_CPU and "numba==0.68.0" in plan.requirements
+    assert plan.index_arguments == []           # macOS torch wheels carry no CUDA: no CPU index needed
+
+
 def test_macos_gets_the_cpu_package_with_the_reason(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(installer.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(installer.platform, "mac_ver", lambda: ("15.1", ("", "", ""), "arm64"))
     probe = installer.probe_gpu(sys.executable)
     assert "macOS has no CUDA" in probe.problem
     assert installer.plan_install("onnx", "auto", probe, offline=False).requirements[0] == installer.ORT_CPU
@@ -185,16 +209,18 @@ def test_pins_are_the_tested_versions():
 
 def test_constraints_pin_what_qgis_has_and_not_our_own_runtime(tmp_path):
     import numpy
+    import regex
     from osgeo import gdal as loaded_gdal
 
     pins = installer.qgis_constraints()
     assert pins["numpy"] == numpy.__version__
     assert pins["GDAL"] == loaded_gdal.__version__
-    assert "onnxruntime-gpu" in pins        # imported by the tests, outside any runtime folder: kept
-    import onnxruntime
-
-    site_of_onnxruntime = Path(onnxruntime.__file__).parents[1]
-    assert "onnxruntime-gpu" not in installer.qgis_constraints(site_of_onnxruntime)
+    assert pins["regex"] == regex.__version__   # imported by the tests, outside any runtime folder: kept
+    site_of_regex = Path(regex.__file__).parents[1]
+    assert "regex" not in installer.qgis_constraints(site_of_regex)
+    # What this install is for is never pinned (an older copy loaded by another plugin must not block it).
+    assert "regex" not in installer.qgis_constraints(None, ["regex==2026.11.15"])
+    assert "onnxruntime-gpu" not in pins
 
 
 def test_interpreter_candidates_per_platform(monkeypatch):
@@ -281,8 +307,31 @@ def test_cancel_and_failure_keep_the_previous_runtime(wheel_folder, tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["env-previous", dependencies.STATE_FILE]
 
 
-def test_runtime_import_says_how_to_install_and_offers_the_prompt(qgis_app, qgis_iface):
+def test_runtime_import_tells_a_broken_install_from_a_missing_one(qgis_app, monkeypatch):
     from qgis.core import QgsProcessingException
+
+    from segearth_qgis.processing import base
+
+    def broken():
+        raise ImportError("DLL load failed while importing onnxruntime_pybind11_state",
+                          name="onnxruntime.capi.onnxruntime_pybind11_state")
+
+    heard = []
+    monkeypatch.setattr(base, "MISSING_RUNTIME_LISTENERS", [lambda profile, message: heard.append(profile)])
+    with pytest.raises(QgsProcessingException, match="onnxruntime is installed but cannot be imported .*DLL load.*"
+                                                     "ACTION=repair"):
+        base.runtime_import(broken)
+    with pytest.raises(QgsProcessingException, match="Numba needs NumPy.*ACTION=repair"):
+        base.runtime_import(lambda: (_ for _ in ()).throw(ImportError("Numba needs NumPy 2.3 or less")))
+    assert heard == []                          # no install prompt: installing again would not help
+
+
+def test_runtime_import_says_how_to_install_and_offers_the_prompt(qgis_app, qgis_iface, monkeypatch):
+    from qgis.core import QgsProcessingException
+
+    from segearth_qgis.processing import base
+
+    monkeypatch.setattr(base, "_importable", lambda module: False)  # as in a QGIS without onnxruntime
 
     from segearth_qgis.dependency_prompt import InstallPrompt
     from segearth_qgis.processing.base import MISSING_RUNTIME_LISTENERS, runtime_import
@@ -477,7 +526,7 @@ def test_a_damaged_wheel_fails_clearly_and_the_installed_runtime_keeps_working(f
     assert process.returncode != 0
     assert "a wheel is damaged" in log and "is still in use" in log, log[-3000:]
     assert dependencies.read_state(root) == state
-    assert not list(root.glob("env-*.partial")) and not list(root.glob(".scratch-*"))
+    assert [p.name for p in root.glob("env-*")] == [state["active"]] and not list(root.glob(".scratch-*"))
     process, results = qgis_run(run["env"], "segearth:segment", **segment_parameters(scene, tiny_bundle,
                                                                                      tmp_path / "again"))
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]

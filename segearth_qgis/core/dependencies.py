@@ -103,8 +103,12 @@ def add_site(site):
         sys.path.insert(0, site)
     if sys.platform == "win32":
         # onnxruntime.preload_dlls() finds the nvidia-* wheels beside onnxruntime; these cover the other loaders.
-        for folder in sorted(Path(site).glob("nvidia/*/bin")):
-            _ACTIVATED.append(os.add_dll_directory(str(folder)))
+        for pattern in ("nvidia/*/bin", "nvidia/*/bin/x86_64", "nvidia/*/bin/x64"):
+            for folder in sorted(Path(site).glob(pattern)):
+                try:
+                    _ACTIVATED.append(os.add_dll_directory(str(folder)))
+                except OSError:
+                    continue
     _ACTIVATED.append(site)
     importlib.invalidate_caches()
     return Path(site)
@@ -174,6 +178,14 @@ def changed_since_install(root):
 def profile_for(module):
     """The installer profile that provides ``module``."""
     return "full" if module.split(".")[0] in TORCH_MODULES else "onnx"
+
+
+def broken_runtime_message(module, error):
+    """What to tell a user whose ``module`` is installed but fails to import (a damaged install, a missing DLL,
+    a numpy that changed under it)."""
+    return (f"{module} is installed but cannot be imported ({error}). Run Processing Toolbox > SegEarth-OV > Install "
+            "dependencies with ACTION repair (qgis_process run segearth:install_dependencies -- ACTION=repair), "
+            "then restart QGIS.")
 
 
 def missing_runtime_message(module):

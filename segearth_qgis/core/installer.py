@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,9 @@ from .segment import Cancelled
 PINS = json.loads(resource_path("dependencies.json").read_text(encoding="utf-8"))
 # onnxruntime-gpu 1.31 links CUDA 13; its extras bring the CUDA runtime and cuDNN as wheels: only the driver is needed.
 ORT_CPU, ORT_GPU = PINS["onnxruntime"]["cpu"], PINS["onnxruntime"]["cuda"]
+# onnxruntime 1.31 has macOS wheels for Apple silicon on macOS 14+ only; this is the last release with Intel-Mac and
+# macOS 13 wheels (the tiny test bundle segments the same with it: logits within 2e-7).
+ORT_OLD_MACOS = PINS["onnxruntime"]["macos_before_14"]
 ORT_VERSION = ORT_CPU.split("==")[1]
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # Linux without a usable GPU: torch without 3 GB of CUDA
 CUDA_DRIVER_MIN = (13, 0)           # the CUDA version the driver must support (Linux driver >= 580.65, Windows >= 580)
@@ -39,6 +43,7 @@ CUDA_DRIVER_BRANCH_MIN = 580        # the same, read from a driver version when 
 COMPUTE_CAPABILITY_MIN = (7, 5)     # CUDA 13 dropped Maxwell, Pascal and Volta
 PIP_MIN = (22, 2)                   # --dry-run --report
 STALE_PARTIAL_SECONDS = 6 * 3600    # an unfinished install older than this was interrupted: its folder goes
+INCOMPLETE = ".incomplete"          # in an environment folder while its install runs
 PIP_WHEEL, PIP_WHEEL_SHA256, PIP_WHEEL_URLS = PINS["pip"]["wheel"], PINS["pip"]["sha256"], PINS["pip"]["urls"]
 PIP_WHEEL_URL_ENV = "SEGEARTH_PIP_WHEEL_URL"  # another place to download it from (tests, mirrors)
 # Distributions QGIS and its plugins are built against: pinned to the installed version whenever present.
@@ -160,12 +165,18 @@ def _hidden_window():
     return {"creationflags": subprocess.CREATE_NO_WINDOW} if sys.platform == "win32" else {}
 
 
-def _child_environment():
+def _child_environment(temporary=None, proxies=None):
+    """QGIS's environment for pip and the probes; pip's own settings that would redirect or refuse the install are
+    overridden, its temporary files go to ``temporary`` (removed with the install's scratch folder, also on
+    cancel), and QGIS's proxy is passed in the environment (not on a command line that others can read)."""
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONIOENCODING="utf-8",
-               PYTHONUNBUFFERED="1")
-    for name in ("PIP_REQUIRE_VIRTUALENV", "PIP_TARGET", "PIP_PREFIX", "PIP_ROOT"):
-        env.pop(name, None)  # a user's pip settings that would redirect or refuse the install
-    env["PIP_USER"] = "0"
+               PYTHONUNBUFFERED="1", PIP_REQUIRE_VIRTUALENV="false", PIP_USER="0")
+    for name in ("PIP_TARGET", "PIP_PREFIX", "PIP_ROOT"):
+        env.pop(name, None)
+    if temporary:
+        env.update(TMPDIR=str(temporary), TEMP=str(temporary), TMP=str(temporary))
+    for scheme, url in (proxies or {}).items():
+        env[f"{scheme.upper()}_PROXY"] = env[f"{scheme.lower()}_proxy"] = url
     return env
 
 
@@ -293,6 +304,14 @@ def plan_install(profile, gpu, probe, offline):
         notes.append(f"installing the CPU package of onnxruntime: {probe.problem if probe else 'no GPU probe'}")
     requirements = [ORT_GPU if use_gpu else ORT_CPU, *PINS["profiles"]["onnx"]]
     index_arguments = []
+    if sys.platform == "darwin" and _old_or_intel_mac():
+        if profile == "full":
+            raise InstallError(f"torch {_pinned('torch')} publishes no wheels for Intel Macs or macOS before 14, so "
+                               "the full profile cannot be installed here; PROFILE onnx can (model bundles exported "
+                               "elsewhere)")
+        requirements = [ORT_OLD_MACOS, *(r for r in requirements[1:] if not r.startswith("numba"))]
+        notes.append(f"{platform.machine()} Mac on macOS {platform.mac_ver()[0] or '?'}: {ORT_OLD_MACOS}, the last "
+                     "onnxruntime with wheels for it, without numba (the upsampler's CPU loop falls back to numpy)")
     if profile == "full":
         requirements += PINS["profiles"]["full"]
         if sys.platform.startswith("linux") and not use_gpu and not offline:
@@ -301,10 +320,21 @@ def plan_install(profile, gpu, probe, offline):
     return Plan(profile, requirements, index_arguments, use_gpu, notes)
 
 
-def qgis_constraints(runtime_root=None):
+def _old_or_intel_mac():
+    release = re.match(r"(\d+)", platform.mac_ver()[0] or "")
+    return platform.machine() != "arm64" or (release is not None and int(release[1]) < 14)
+
+
+def _pinned(name):
+    return next(r.split("==")[1] for r in PINS["profiles"]["full"] if r.startswith(f"{name}=="))
+
+
+def qgis_constraints(runtime_root=None, installing=()):
     """pip constraints that pin what the running QGIS has: its scientific stack and every distribution it has
-    already imported (those cannot be replaced under it), except copies in our own runtime folder."""
+    already imported (those cannot be replaced under it), except copies in our own runtime folder and the
+    distributions this install is for (``installing``: requirement strings)."""
     names = set(QGIS_STACK)
+    ours = {_canonical(_requirement_name(r)) for r in installing} | {"onnxruntime", "onnxruntime-gpu"}
     module_owners = getattr(importlib.metadata, "packages_distributions", dict)()
     stdlib = getattr(sys, "stdlib_module_names", ())
     for module in list(sys.modules):
@@ -321,7 +351,7 @@ def qgis_constraints(runtime_root=None):
         location = os.path.realpath(str(dist.locate_file("")))
         if root and (location + os.sep).startswith(root + os.sep):
             continue
-        if dist.version and VERSION.match(dist.version):
+        if dist.version and VERSION.match(dist.version) and _canonical(dist.metadata["Name"] or name) not in ours:
             pins[dist.metadata["Name"] or name] = dist.version
     return pins
 
@@ -374,14 +404,15 @@ def _wheel_version(path):
 class _PipRun:
     """One pip (or interpreter) subprocess: its lines go to the log as they come, cancel kills it."""
 
-    def __init__(self, command, log, cancelled, progress=None):
+    def __init__(self, command, log, cancelled, progress=None, env=None):
         self.command, self.log, self.cancelled, self.progress = command, log, cancelled, progress
+        self.env = env or _child_environment()
         self.lines = []
         self.fraction = 0.0
 
     def run(self):
         process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,  # nosec B603
-                                   encoding="utf-8", errors="replace", env=_child_environment(), **_hidden_window())
+                                   encoding="utf-8", errors="replace", env=self.env, **_hidden_window())
         lines = queue.Queue()
         reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
                                   daemon=True)
@@ -434,32 +465,61 @@ def diagnose(lines, pins):
 
 
 def _wheel_folder(wheels, scratch):
-    """``wheels`` as a folder: a zip is unpacked into ``scratch`` (wheels at any depth are gathered)."""
+    """``wheels`` as a folder holding the wheels at its top: a zip, or a folder with wheels in subfolders, is
+    gathered into ``scratch``."""
     path = Path(wheels)
     if path.is_dir():
-        return path
+        if any(path.glob("*.whl")):
+            return path
+        found = list(path.rglob("*.whl"))
+        if not found:
+            raise InstallError(f"{path} holds no wheels (.whl files): make it with the README's pip download command")
+        folder = Path(scratch) / "wheels"
+        folder.mkdir(parents=True)
+        for wheel in found:
+            shutil.copy2(wheel, folder / wheel.name)
+        return folder
     if not path.is_file() or not zipfile.is_zipfile(path):
         raise InstallError(f"WHEELS must be a folder of wheels or a .zip of them: {path} is neither")
     folder = Path(scratch) / "wheels"
     folder.mkdir(parents=True)
-    with zipfile.ZipFile(path) as archive:
-        for member in archive.infolist():
-            name = Path(member.filename).name
-            if name.endswith(".whl") and not member.is_dir():
-                with archive.open(member) as source, open(folder / name, "wb") as target:
-                    shutil.copyfileobj(source, target)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                name = Path(member.filename).name
+                if name.endswith(".whl") and not member.is_dir():
+                    with archive.open(member) as source, open(folder / name, "wb") as target:
+                        shutil.copyfileobj(source, target)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise InstallError(f"{path} is a damaged zip ({error}): copy or download it again") from None
     return folder
 
 
-def _cleanup_inactive(root, log):
-    """Delete environments that are no longer active (left by an uninstall or a swap that Windows locked)."""
+def _in_use(folder):
+    """Whether this process has imported a module from ``folder`` (its files must stay until QGIS restarts)."""
+    prefix = str(Path(folder).resolve()) + os.sep
+    for module in list(sys.modules.values()):
+        origin = getattr(module, "__file__", None)
+        if origin and os.path.realpath(origin).startswith(prefix):
+            return True
+    return False
+
+
+def _cleanup_inactive(root, log, keep=()):
+    """Delete the environments that are neither active nor in ``keep`` nor loaded in this process, nor an install
+    that another QGIS is running now (marked incomplete, and recent)."""
     active = read_state(root).get("active")
     for folder in sorted(Path(root).glob("env-*")) if Path(root).is_dir() else []:
-        running = folder.name.endswith(".partial") and time.time() - folder.stat().st_mtime < STALE_PARTIAL_SECONDS
-        if folder.name != active and not running:
-            shutil.rmtree(folder, ignore_errors=True)
-            if folder.exists():
-                log(f"could not delete {folder} yet (in use); it goes at the next install after QGIS restarts")
+        marker = folder / INCOMPLETE
+        running = marker.exists() and time.time() - marker.stat().st_mtime < STALE_PARTIAL_SECONDS
+        if folder.name == active or folder.name in keep or running:
+            continue
+        if _in_use(folder):
+            log(f"kept {folder.name}: this QGIS has loaded modules from it; it goes at an install after a restart")
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():
+            log(f"could not delete all of {folder} (files in use, e.g. by another QGIS); it goes at a later install")
 
 
 class _Feedback:
@@ -483,74 +543,77 @@ def install(root, profile="onnx", gpu="auto", wheels=None, index_url=None, proxi
     ``wheels``: a folder or zip of wheels (offline: nothing else is used). ``index_url``: a package index instead of
     pip's configured one. ``proxies``: {"https": url} for pip and the pip download. ``python``: the interpreter
     (default: found, see ``find_interpreter``). Raises ``Cancelled`` or ``InstallError``; either way the previous
-    runtime stays active and the new folder is removed.
+    runtime stays active and the new folder is removed. The previous environment is kept for QGIS sessions still
+    running on it, and removed by the next install.
     """
     feedback = feedback or _Feedback()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     previous = read_state(root)
     previous_site = active_site(root)
-    _cleanup_inactive(root, feedback.info)
-    python = Path(python) if python else find_interpreter()
-    feedback.info(f"QGIS's Python: {python} (Python {platform.python_version()}, {sys.platform} "
-                  f"{platform.machine()})")
-    probe = None if gpu == "cpu" else probe_gpu(python)
-    if probe is not None:
-        feedback.info(f"GPU: {probe.describe() if probe.gpus else probe.problem}")
-    plan = plan_install(profile, gpu, probe, offline=wheels is not None)
-    for note in plan.notes:
-        feedback.info(note)
-    pins = qgis_constraints(root)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    staging = Path(tempfile.mkdtemp(prefix=f"env-{stamp}-", suffix=".partial", dir=root))
+    kept = (f"the previous runtime ({previous.get('profile')} profile, {previous_site.name}) is still in use"
+            if previous_site else "nothing was installed")
     scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=root))
+    site = None
     try:
-        result = _install_into(staging, scratch, root, plan, pins, python, wheels, index_url, proxies, feedback)
-        final = root / staging.name.removesuffix(".partial")
-        os.replace(staging, final)
+        _cleanup_inactive(root, feedback.info)
+        python = Path(python) if python else find_interpreter()
+        feedback.info(f"QGIS's Python: {python} (Python {platform.python_version()}, {sys.platform} "
+                      f"{platform.machine()})")
+        folder = _wheel_folder(wheels, scratch) if wheels else None
+        probe = None if gpu == "cpu" else probe_gpu(python)
+        if probe is not None:
+            feedback.info(f"GPU: {probe.describe() if probe.gpus else probe.problem}")
+        plan = plan_install(profile, gpu, probe, offline=folder is not None)
+        if folder is not None and plan.gpu and gpu == "auto" and not any(folder.glob("onnxruntime_gpu-*.whl")):
+            plan = plan_install(profile, "cpu", probe, offline=True)
+            plan.notes.append("the wheel folder has no onnxruntime-gpu wheel: installing the CPU package (add the GPU "
+                              "wheels to the folder, see the README, to use the GPU)")
+        for note in plan.notes:
+            feedback.info(note)
+        pins = qgis_constraints(root, plan.requirements)
+        site = Path(tempfile.mkdtemp(prefix=f"env-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
+        os.chmod(site, 0o755)  # others may share a SEGEARTH_RUNTIME_DIR; mkdtemp makes it private
+        (site / INCOMPLETE).write_text(f"{os.getpid()}\n")
+        result = _install_into(site, scratch, root, plan, pins, python, folder, index_url, proxies, feedback)
+        (site / INCOMPLETE).unlink()
     except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        kept = (f"the previous runtime ({previous.get('profile')} profile, {previous_site.name}) is still in use"
-                if previous_site else "nothing was installed")
+        if site is not None:
+            shutil.rmtree(site, ignore_errors=True)
         if isinstance(error, Cancelled):
             raise Cancelled(f"cancelled: {kept}") from None
         if isinstance(error, InstallError):
             raise InstallError(f"{error} ({kept})") from None
+        if isinstance(error, Exception):
+            raise InstallError(f"the install failed: {type(error).__name__}: {error} ({kept})") from error
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    write_state(root, {"active": final.name, "profile": plan.profile, "gpu": plan.gpu, "packages": result.packages,
+    write_state(root, {"active": site.name, "previous": previous_site.name if previous_site else None,
+                       "profile": plan.profile, "gpu": plan.gpu, "packages": result.packages,
                        "provided": result.provided, "modules": result.modules, "pins": pins,
                        "python": {"executable": str(python), "version": platform.python_version(),
                                   "prefix": sys.prefix},
                        "source": str(wheels) if wheels else (index_url or "pip's configured index"),
                        "installed": time.strftime("%Y-%m-%d %H:%M:%S")})
-    result.folder = final
+    result.folder = site
     if previous_site is not None:
         remove_site(previous_site)
     result.restart_needed = any(module in sys.modules for module in PROFILE_MODULES[plan.profile])
-    add_site(final)
-    _cleanup_inactive(root, feedback.info)
+    add_site(site)
+    _cleanup_inactive(root, feedback.info, keep=[previous_site.name] if previous_site else [])
     feedback.progress(1.0)
     return result
 
 
-def _imported_from(module, site):
-    loaded = sys.modules.get(module)
-    origin = getattr(loaded, "__file__", None) if loaded else None
-    return bool(origin and site and Path(origin).resolve().is_relative_to(Path(site).resolve()))
-
-
-def _install_into(site, scratch, root, plan, pins, python, wheels, index_url, proxies, feedback):
-    index, folder = [], None
-    if wheels:
-        folder = _wheel_folder(wheels, scratch)
+def _install_into(site, scratch, root, plan, pins, python, folder, index_url, proxies, feedback):
+    env = _child_environment(scratch, None if folder else proxies)
+    index = []
+    if folder:
         index = ["--no-index", "--find-links", str(folder)]
-        feedback.info(f"offline: installing from {wheels}")
+        feedback.info(f"offline: installing from the wheels in {folder}")
     elif index_url:
         index = ["--index-url", index_url]
-    if proxies and proxies.get("https") and not wheels:
-        index += ["--proxy", proxies["https"]]
     pip = pip_command(python, root / "tools", folder, proxies, feedback.info, feedback.cancelled)
     constraints = scratch / "constraints.txt"
     constraints.write_text("".join(f"{name}=={version}\n" for name, version in pins.items()), encoding="utf-8")
@@ -561,35 +624,35 @@ def _install_into(site, scratch, root, plan, pins, python, wheels, index_url, pr
     report = scratch / "report.json"
     feedback.info("resolving against QGIS's Python: " + " ".join(plan.requirements))
     resolve = _PipRun([*pip, "install", "--dry-run", "--report", str(report), *common, *plan.requirements],
-                      feedback.info, feedback.cancelled)
+                      feedback.info, feedback.cancelled, env=env)
     if resolve.run() != 0 or not report.is_file():
         raise InstallError("pip could not resolve the packages: " + (diagnose(resolve.lines, pins) or
                                                                      " | ".join(resolve.lines[-3:])))
     wanted = [(item["metadata"]["name"], item["metadata"]["version"])
               for item in json.loads(report.read_text(encoding="utf-8"))["install"]]
     names = {_canonical(name) for name, _ in wanted}
-    provided = [r for r in plan.requirements if _canonical(re.split(r"[\[=<>~!;]", r)[0]) not in names]
+    provided = [r for r in plan.requirements if _canonical(_requirement_name(r)) not in names]
     for requirement in provided:
         feedback.info(f"already provided by QGIS's Python: {requirement}")
     feedback.progress(0.1)
 
     if wanted:
-        feedback.info(f"installing {len(wanted)} packages into {root}")
+        feedback.info(f"installing {len(wanted)} packages into {site}")
         step = _PipRun([*pip, "install", "--target", str(site), "--no-deps", "--no-warn-script-location",
                         *common, *(f"{name}=={version}" for name, version in wanted)], feedback.info,
-                       feedback.cancelled, lambda f: feedback.progress(0.1 + 0.75 * f))
+                       feedback.cancelled, lambda f: feedback.progress(0.1 + 0.75 * f), env=env)
         if step.run() != 0:
             raise InstallError("pip could not install the packages: " + (diagnose(step.lines, pins) or
                                                                          " | ".join(step.lines[-3:])))
     feedback.progress(0.88)
     feedback.info("checking the new runtime in a separate Python")
-    check = _PipRun([str(python), "-c", _CHECK_IMPORTS, str(site), ",".join(PROFILE_MODULES[plan.profile])],
-                    lambda line: None, feedback.cancelled)
+    check = _PipRun([str(python), "-c", _CHECK_IMPORTS, str(site), ",".join(plan_modules(plan))],
+                    lambda line: None, feedback.cancelled, env=env)
     code = check.run()
     report_line = next((line for line in reversed(check.lines) if line.startswith("SEGEARTH-CHECK ")), None)
     if code != 0 or report_line is None:
         raise InstallError("the installed packages do not import: " + " | ".join(check.lines[-4:]))
-    checked = json.loads(report_line.removeprefix("SEGEARTH-CHECK "))
+    checked = json.loads(report_line[len("SEGEARTH-CHECK "):])
     if Path(checked["numpy"]).resolve().is_relative_to(site.resolve()):
         raise InstallError("the install would shadow QGIS's numpy; nothing was activated")
     feedback.info("imports: " + ", ".join(f"{k} {v}" for k, v in checked["modules"].items()) +
@@ -600,22 +663,33 @@ def _install_into(site, scratch, root, plan, pins, python, wheels, index_url, pr
     return InstallResult(None, dict(wanted), provided, checked["modules"], plan.notes)
 
 
+def plan_modules(plan):
+    """The profile's modules that this plan installs (an old Mac's plan has no numba)."""
+    names = {_canonical(_requirement_name(r)) for r in plan.requirements}
+    return [m for m in PROFILE_MODULES[plan.profile] if m != "numba" or "numba" in names]
+
+
 def _canonical(name):
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _requirement_name(requirement):
+    return re.split(r"[\[=<>~!;]", requirement)[0]
+
+
 def uninstall(root, feedback=None):
-    """Deactivate and delete the runtime under ``root``; modules already imported stay loaded until QGIS restarts."""
+    """Deactivate and delete the runtime under ``root``; what this QGIS has imported from it stays loaded (and its
+    folder stays) until QGIS restarts."""
     feedback = feedback or _Feedback()
     root = Path(root)
     site = active_site(root)
     state = read_state(root)
     if state:
-        write_state(root, {k: v for k, v in state.items() if k != "active"} | {"uninstalled": time.strftime(
-            "%Y-%m-%d %H:%M:%S")})
+        write_state(root, {k: v for k, v in state.items() if k not in ("active", "previous")} |
+                    {"uninstalled": time.strftime("%Y-%m-%d %H:%M:%S")})
     if site is not None:
         remove_site(site)
+    restart = site is not None and _in_use(site)
     _cleanup_inactive(root, feedback.info)
-    restart = bool(site) and any(_imported_from(m, site) for m in PROFILE_MODULES["full"])
     feedback.info(f"removed {site}" if site else f"no runtime was installed under {root}")
     return InstallResult(None, {}, [], {}, [], restart_needed=restart)

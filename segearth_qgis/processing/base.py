@@ -63,15 +63,18 @@ def advanced(parameter):
 
 def runtime_import(function):
     """Run an import-heavy call; a missing package becomes a QgsProcessingException saying how to install it (and,
-    in the desktop, the install prompt is offered)."""
-    from ..core.dependencies import missing_runtime_message, profile_for
+    in the desktop, the install prompt is offered), a package that is there but fails to import one saying to repair
+    it."""
+    from ..core.dependencies import broken_runtime_message, missing_runtime_message, profile_for
 
     try:
         return function()
     except ImportError as error:
         module = missing_module(error)
         if module is None:
-            raise QgsProcessingException(f"{error}. {missing_runtime_message('onnxruntime')}") from error
+            raise QgsProcessingException(broken_runtime_message("a package", error)) from error
+        if _importable(module):
+            raise QgsProcessingException(broken_runtime_message(module, error)) from error
         message = missing_runtime_message(module)
         for listener in list(MISSING_RUNTIME_LISTENERS):
             listener(profile_for(module), message)
@@ -85,6 +88,16 @@ def missing_module(error):
             return error.name.split(".")[0]
         error = error.__cause__ or error.__context__
     return None
+
+
+def _importable(module):
+    """Whether ``module`` can be found (then its ImportError means a broken install, not a missing one)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def runtime_root():

@@ -43,8 +43,8 @@ class InstallDependenciesAlgorithm(SegEarthAlgorithm):
                 "The new packages are imported in a separate Python before they are switched on, so a failed or "
                 "cancelled install leaves the previous one working.<br><b>Offline:</b> WHEELS, a folder of wheels "
                 "or WHEELS_ZIP, a .zip of them, made on a connected machine with the pip download command in the "
-                "README.<br><b>ACTION</b> <i>repair</i> installs the profile again from scratch, <i>uninstall</i> "
-                "removes the folder, <i>status</i> only reports. QGIS's proxy settings are used.")
+                "README.<br><b>ACTION</b> <i>repair</i> reinstalls the installed profile from scratch, "
+                "<i>uninstall</i> removes the folder, <i>status</i> only reports. QGIS's proxy settings are used.")
 
     def initAlgorithm(self, config=None):
         for name, label, options, default in (("ACTION", "Action", ACTIONS, "install"),
@@ -73,8 +73,8 @@ class InstallDependenciesAlgorithm(SegEarthAlgorithm):
         root = runtime_root()
         state = read_state(root)
         profile = self.parameterAsEnumString(parameters, "PROFILE", context)
-        if action == "repair" and state.get("profile") and not self._given(parameters, "PROFILE"):
-            profile = state["profile"]
+        if action == "repair" and state.get("profile"):
+            profile = state["profile"]  # a repair keeps what is installed; install changes the profile
         bridge = ProcessingFeedbackBridge(feedback)
         restart = False
         try:
@@ -91,14 +91,10 @@ class InstallDependenciesAlgorithm(SegEarthAlgorithm):
         except (InstallError, OSError) as error:
             raise QgsProcessingException(str(error)) from error
         if restart:
-            feedback.pushWarning("modules of the previous runtime are loaded in this QGIS: restart QGIS to use the "
-                                 "new ones")
+            feedback.pushWarning("this QGIS has already loaded modules of the previous runtime: restart QGIS to "
+                                 + ("unload them" if action == "uninstall" else "use the new ones"))
         status = detect(active=active_site(root)).summary()
         feedback.pushInfo(f"runtime folder: {root}")
         feedback.pushInfo(f"now importable: {status}")
         return {"RUNTIME_DIR": str(root), "STATUS": status, "RESTART_NEEDED": restart}
-
-    @staticmethod
-    def _given(parameters, name):
-        return parameters.get(name) not in (None, "")
 
