@@ -295,7 +295,7 @@ def test_cancel_and_failure_keep_the_previous_runtime(wheel_folder, tmp_path):
     with pytest.raises(Cancelled, match="previous runtime .*env-previous.* is still in use"):
         installer.install(root, "onnx", "cpu", wheel_folder, feedback=recorder, python=sys.executable)
     assert dependencies.read_state(root) == state
-    assert sorted(p.name for p in root.iterdir()) == ["env-previous", dependencies.STATE_FILE]
+    assert sorted(p.name for p in root.iterdir()) == [".install.lock", "env-previous", dependencies.STATE_FILE]
 
     damaged = tmp_path / "damaged"
     shutil.copytree(wheel_folder, damaged)
@@ -304,7 +304,18 @@ def test_cancel_and_failure_keep_the_previous_runtime(wheel_folder, tmp_path):
     with pytest.raises(installer.InstallError, match="damaged.*previous runtime .*env-previous.* is still in use"):
         installer.install(root, "onnx", "cpu", damaged, feedback=Recorder(), python=sys.executable)
     assert dependencies.read_state(root) == state
-    assert sorted(p.name for p in root.iterdir()) == ["env-previous", dependencies.STATE_FILE]
+    assert sorted(p.name for p in root.iterdir()) == [".install.lock", "env-previous", dependencies.STATE_FILE]
+
+
+def test_one_install_at_a_time(tmp_path):
+    root = tmp_path / "runtime"
+    root.mkdir()
+    with installer.install_lock(root):
+        with pytest.raises(installer.InstallError, match="another install or uninstall .* is running"):
+            installer.install(root, "onnx", "cpu", tmp_path, python=sys.executable)
+        with pytest.raises(installer.InstallError, match="another install"):
+            installer.uninstall(root)
+    assert installer.uninstall(root).folder is None          # free again
 
 
 def test_runtime_import_tells_a_broken_install_from_a_missing_one(qgis_app, monkeypatch):

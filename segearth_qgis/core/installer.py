@@ -522,6 +522,29 @@ def _cleanup_inactive(root, log, keep=()):
             log(f"could not delete all of {folder} (files in use, e.g. by another QGIS); it goes at a later install")
 
 
+@contextlib.contextmanager
+def install_lock(root):
+    """One install or uninstall at a time per runtime folder, across QGIS windows and qgis_process."""
+    handle = open(Path(root) / ".install.lock", "a+")  # noqa: SIM115 (held until the with-block ends)
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise InstallError(f"another install or uninstall of {root} is running (another QGIS window or qgis_process):"
+                           " let it finish, then run this again") from None
+    try:
+        yield
+    finally:
+        handle.close()
+
+
 class _Feedback:
     def progress(self, fraction):
         pass
@@ -546,9 +569,13 @@ def install(root, profile="onnx", gpu="auto", wheels=None, index_url=None, proxi
     runtime stays active and the new folder is removed. The previous environment is kept for QGIS sessions still
     running on it, and removed by the next install.
     """
-    feedback = feedback or _Feedback()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    with install_lock(root):
+        return _install(root, profile, gpu, wheels, index_url, proxies, feedback or _Feedback(), python)
+
+
+def _install(root, profile, gpu, wheels, index_url, proxies, feedback, python):
     previous = read_state(root)
     previous_site = active_site(root)
     kept = (f"the previous runtime ({previous.get('profile')} profile, {previous_site.name}) is still in use"
@@ -682,6 +709,14 @@ def uninstall(root, feedback=None):
     folder stays) until QGIS restarts."""
     feedback = feedback or _Feedback()
     root = Path(root)
+    if not root.is_dir():
+        feedback.info(f"no runtime was installed under {root}")
+        return InstallResult(None, {}, [], {}, [])
+    with install_lock(root):
+        return _uninstall(root, feedback)
+
+
+def _uninstall(root, feedback):
     site = active_site(root)
     state = read_state(root)
     if state:
