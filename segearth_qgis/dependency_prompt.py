@@ -38,14 +38,18 @@ class InstallPrompt(QObject):
     def open_installer(self, profile):
         import processing
 
-        if self.item is not None:
-            self.iface.messageBar().popWidget(self.item)
-            self.item = None
+        self.close_item()
         processing.execAlgorithmDialog(INSTALLER, {"PROFILE": profile})
+
+    def close_item(self):
+        if self.item is not None:
+            try:
+                self.iface.messageBar().popWidget(self.item)
+            except RuntimeError:  # the user closed it: the bar has deleted it already
+                pass
+            self.item = None
 
     def unload(self):
         if self._listener in MISSING_RUNTIME_LISTENERS:
             MISSING_RUNTIME_LISTENERS.remove(self._listener)
-        if self.item is not None:
-            self.iface.messageBar().popWidget(self.item)
-            self.item = None
+        self.close_item()

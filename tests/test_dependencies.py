@@ -364,6 +364,8 @@ def test_runtime_import_says_how_to_install_and_offers_the_prompt(qgis_app, qgis
         assert item is not None and "onnxruntime is not installed" in item.text()
         assert item.findChild(QPushButton, "segearth_install_dependencies") is not None
         assert prompt.offered == {"onnx"}                 # offered once, however often it was needed
+        bar.popWidget(item)                               # the user closes it; unloading must not fail then
+        qgis_app.processEvents()
     finally:
         prompt.unload()
     assert prompt._listener not in MISSING_RUNTIME_LISTENERS
