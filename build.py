@@ -546,9 +546,9 @@ def test_qgis340(venv, pytest_args):
         if code:
             say("writing the cross-version reference under QGIS 3.22 failed (above)")
             return code
-        shutil.copytree(offline_wheels(venv, ROOT_PYTHON), run / "wheels")
         mounts = [("proc", None, "/proc"), ("bind", "/dev", "/dev"), ("tmpfs", None, "/dev/shm"),
-                  ("bind", run, "/tmp"), ("bind", ROOT, ROOT)]
+                  ("bind", run, "/tmp"), ("bind", ROOT, ROOT),
+                  ("bind-ro", offline_wheels(venv, ROOT_PYTHON), "/tmp/wheels")]
         if shared.is_dir():
             mounts.append(("bind-ro", shared, shared))
         env = root_env(VIRTUAL_ENV=ROOT_VENV, PYTHONPATH=str(ROOT), PYTHONNOUSERSITE="1", QT_QPA_PLATFORM="offscreen",

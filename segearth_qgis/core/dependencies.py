@@ -27,7 +27,7 @@ TORCH_MODULES = ("torch", "torchvision", "open_clip", "timm", "onnx", "onnxscrip
 # What detection reports: distribution names, and the module each provides.
 DETECTED = (("onnxruntime-gpu", "onnxruntime"), ("onnxruntime", "onnxruntime"), ("torch", "torch"),
             ("open_clip_torch", "open_clip"))
-_ACTIVATED = []  # the site folder this process put on sys.path (and the Windows DLL-directory handles it keeps)
+_DLL_DIRECTORIES = []  # Windows: the handles of the DLL folders added, kept for the life of the process
 
 
 def interpreter_tag():
@@ -106,10 +106,9 @@ def add_site(site):
         for pattern in ("nvidia/*/bin", "nvidia/*/bin/x86_64", "nvidia/*/bin/x64"):
             for folder in sorted(Path(site).glob(pattern)):
                 try:
-                    _ACTIVATED.append(os.add_dll_directory(str(folder)))
+                    _DLL_DIRECTORIES.append(os.add_dll_directory(str(folder)))
                 except OSError:
                     continue
-    _ACTIVATED.append(site)
     importlib.invalidate_caches()
     return Path(site)
 
@@ -163,7 +162,8 @@ def detect(active=None):
 def changed_since_install(root):
     """(name, version at install, version now) for QGIS's numpy and GDAL when they changed since the runtime in
     ``root`` was installed (a QGIS upgrade): its compiled packages may then need a repair."""
-    pins = read_state(root).get("pins", {}) if active_site(root) else {}
+    state = read_state(root)
+    pins = state.get("pins", {}) if state.get("active") else {}
     changed = []
     for name in ("numpy", "GDAL"):
         try:
@@ -196,4 +196,4 @@ def missing_runtime_message(module):
     return (f"{module} is not installed in the Python that QGIS runs (Python {platform.python_version()}); it is "
             f"needed for {purpose}. Install it with Processing Toolbox > SegEarth-OV > Install dependencies "
             f"(PROFILE {profile}), or from a shell: qgis_process run segearth:install_dependencies -- "
-            f"PROFILE={profile}. Without internet, add WHEELS=<a folder or zip of wheels> (README: Dependencies).")
+            f"PROFILE={profile}. Without internet, add WHEELS=<a folder or zip of wheels> (README: In QGIS).")

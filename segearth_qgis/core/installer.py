@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .dependencies import PROFILE_MODULES, PROFILES, active_site, add_site, read_state, remove_site, write_state
 from .download import DownloadError, fetch
+from .pipeline import Feedback
 from .resources import resource_path
 from .segment import Cancelled
 
@@ -61,7 +62,7 @@ DIAGNOSES = (
      "this Python and platform (onnxruntime 1.31 needs Python 3.11 or newer), or the index cannot be reached."),
     (re.compile(r"BadZipFile|not a zip file|invalid wheel|has an invalid wheel|is not a valid wheel|"
                 r"Wheel '.*' located at .* is invalid|zipfile", re.I),
-     "a wheel is damaged or not a wheel at all: download it again (README: Dependencies, offline install)."),
+     "a wheel is damaged or not a wheel at all: download it again (README: In QGIS, Offline)."),
     (re.compile(r"THESE PACKAGES DO NOT MATCH THE HASHES|hash mismatch", re.I),
      "a downloaded file does not match its published hash: a proxy or antivirus altered it; try again or install "
      "offline."),
@@ -116,7 +117,6 @@ class InstallResult:
     packages: dict                  # installed here: name -> version
     provided: list                  # requirements that QGIS's Python already satisfies
     modules: dict                   # the profile's modules as imported by the check: name -> version
-    notes: list
     restart_needed: bool = False
 
 
@@ -228,7 +228,7 @@ def find_interpreter(candidates=None):
         tried.append(f"{candidate} (Python {version.split()[0]} at {prefix})")
     raise InstallError(f"cannot find the Python interpreter that QGIS runs (Python {platform.python_version()} at "
                        f"{sys.prefix}); tried: {'; '.join(tried) or 'nothing found'}. Install the packages by hand "
-                       "with that interpreter (README: Dependencies).")
+                       "with that interpreter (README: In QGIS).")
 
 
 def probe_gpu(python):
@@ -545,20 +545,6 @@ def install_lock(root):
         handle.close()
 
 
-class _Feedback:
-    def progress(self, fraction):
-        pass
-
-    def cancelled(self):
-        return False
-
-    def info(self, text):
-        pass
-
-    def warn(self, text):
-        pass
-
-
 def install(root, profile="onnx", gpu="auto", wheels=None, index_url=None, proxies=None, feedback=None,
             python=None):
     """Install ``profile`` into a new environment under ``root`` and make it the active one.
@@ -572,7 +558,7 @@ def install(root, profile="onnx", gpu="auto", wheels=None, index_url=None, proxi
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     with install_lock(root):
-        return _install(root, profile, gpu, wheels, index_url, proxies, feedback or _Feedback(), python)
+        return _install(root, profile, gpu, wheels, index_url, proxies, feedback or Feedback(), python)
 
 
 def _install(root, profile, gpu, wheels, index_url, proxies, feedback, python):
@@ -687,7 +673,7 @@ def _install_into(site, scratch, root, plan, pins, python, folder, index_url, pr
     if "providers" in checked:
         feedback.info("onnxruntime execution providers available: " + ", ".join(checked["providers"]) +
                       " (whether CUDA really runs is checked, and reported, on the first run)")
-    return InstallResult(None, dict(wanted), provided, checked["modules"], plan.notes)
+    return InstallResult(None, dict(wanted), provided, checked["modules"])
 
 
 def plan_modules(plan):
@@ -707,11 +693,11 @@ def _requirement_name(requirement):
 def uninstall(root, feedback=None):
     """Deactivate and delete the runtime under ``root``; what this QGIS has imported from it stays loaded (and its
     folder stays) until QGIS restarts."""
-    feedback = feedback or _Feedback()
+    feedback = feedback or Feedback()
     root = Path(root)
     if not root.is_dir():
         feedback.info(f"no runtime was installed under {root}")
-        return InstallResult(None, {}, [], {}, [])
+        return InstallResult(None, {}, [], {})
     with install_lock(root):
         return _uninstall(root, feedback)
 
@@ -727,4 +713,4 @@ def _uninstall(root, feedback):
     restart = site is not None and _in_use(site)
     _cleanup_inactive(root, feedback.info)
     feedback.info(f"removed {site}" if site else f"no runtime was installed under {root}")
-    return InstallResult(None, {}, [], {}, [], restart_needed=restart)
+    return InstallResult(None, {}, [], {}, restart_needed=restart)
