@@ -1,83 +1,16 @@
-"""Command-line entry points run by build.py inside the project's environment (no QGIS needed)."""
+"""The plugin's pipeline from a terminal, without QGIS: segment, evaluate, export, models and train-sar (build.py runs
+them in the project's environment; ``python -m segearth_qgis.cli COMMAND --help``)."""
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-DEMO_CLASSES = "background\nbuilding,roof\nroad\nwater,river\ntree,forest\nfield,grass"
-RANDOM_MODEL_WARNING = """
-************************************************************************************************
-*  WARNING: no real model is installed, so this demo runs a SMOKE BUNDLE of RANDOM weights    *
-*  (seeded, tiny). Its classes are MEANINGLESS: the map shows that the pipeline runs end to   *
-*  end, not what is on the ground. Real mapping needs the real weights (CLIP ViT-B/16         *
-*  'openai' + SimFeatUp): python3 build.py models download optical, or offline                *
-*  python3 build.py models install BUNDLE.zip (README.md: The real models).                   *
-************************************************************************************************
-"""
-
-
-def demo_prepare(out_dir):
-    """Write the demo's GeoTIFF (a generated scene in UTM 32N) and pick its model; prints both as JSON."""
-    import json
-
-    from .core.bundle import BundleError, default_bundle
-    from .core.synthetic import write_scene_geotiff
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = write_scene_geotiff(out / "scene.tif", 480, 640, seed=0)
-    try:
-        model, random_weights = str(default_bundle("optical")), False
-    except BundleError:
-        model, random_weights = str(smoke_bundle()), True
-        print(RANDOM_MODEL_WARNING, file=sys.stderr)
-    print(json.dumps({"input": str(path), "model": model, "random_weights": random_weights,
-                      "classes": DEMO_CLASSES}))
-    return 0
-
-
-def smoke_bundle():
-    """A tiny bundle of seeded random weights, exported once into the cache: it proves the pipeline, nothing more."""
-    from .core.bundle import MANIFEST, cache_root
-    from .core.export import export_bundle
-    from .core.random_model import write_random_checkpoints
-
-    folder = cache_root() / "smoke-bundle-random-weights-v1"
-    if (folder / MANIFEST).is_file():
-        return folder
-    print(f"exporting the smoke bundle (random weights) to {folder} once (~30 s)", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="segearth-smoke-") as weights:
-        checkpoints = write_random_checkpoints(weights, seed=0)
-        export_bundle(checkpoints["clip"], checkpoints["upsampler"], checkpoints["arch"], folder, quick_gelu=True,
-                      source={"name": "seeded random weights (smoke test only, meaningless classes)"},
-                      keep_checkpoints=False, overwrite=True, log=lambda _: None)
-    return folder
-
-
-def demo_preview(out_dir, random_weights):
-    from osgeo import gdal
-
-    from .core.preview import write_preview
-    from .core.raster import read_class_table
-
-    out = Path(out_dir)
-    scene = gdal.Open(str(out / "scene.tif")).ReadAsArray().transpose(1, 2, 0)
-    labels = gdal.Open(str(out / "classes.tif")).ReadAsArray()
-    names, _ = read_class_table(out / "classes.tif")
-    title = "SegEarth-OV demo" + (" - RANDOM WEIGHTS: classes are meaningless" if random_weights else "")
-    preview = write_preview(out / "preview.png", scene, labels, names, title)
-    for name in ("scene.tif", "classes.tif", "classes.qml", "classes.gpkg", "areas.csv"):
-        print(f"{name:12s} {out / name}")
-    print(f"{'preview':12s} {preview}")
-    if random_weights:
-        print(RANDOM_MODEL_WARNING, file=sys.stderr)
-    return 0
+from .core.common.choices import ATTENTIONS, BACKENDS, DEVICES, EVALUATION_PIPELINES, MODALITIES, MODEL_SOURCES, SENSORS
 
 
 def console_feedback(quiet=False):
     """The pipeline's feedback on a terminal: a progress bar on stderr, messages as lines (Ctrl+C stops the run)."""
-    from .core.pipeline import Feedback
+    from .core.common.feedback import Feedback
 
     class ConsoleFeedback(Feedback):
         bar_open = False  # a bar is drawn and its line not ended: a message starts a new line
@@ -109,11 +42,12 @@ def console_feedback(quiet=False):
 
 def segment(args):
     """The Processing algorithm's pipeline without QGIS: GDAL in, GeoTIFF (and polygons) out."""
-    from .core.bundle import BundleError, load_model
+    from .core.common.feedback import Cancelled
+    from .core.gis.raster import RasterInputError
     from .core.pipeline import SegmentOutputs, resolve_options, segment_raster
-    from .core.raster import RasterInputError
-    from .core.runtime import DeviceUnavailable
-    from .core.segment import Cancelled
+    from .core.runtime.bundle import BundleError
+    from .core.runtime.loader import load_model
+    from .core.runtime.sessions import DeviceUnavailable
 
     feedback = console_feedback(args.quiet)
     try:
@@ -143,11 +77,11 @@ def segment(args):
 
 def evaluate(args):
     """Score the model on a labelled folder as the papers did; prints the table, writes JSON, CSV and a PNG."""
-    from .core.bundle import BundleError
-    from .core.evaluate import evaluate_dataset
-    from .core.raster import RasterInputError
-    from .core.runtime import DeviceUnavailable
-    from .core.segment import Cancelled
+    from .core.common.feedback import Cancelled
+    from .core.eval.evaluate import evaluate_dataset
+    from .core.gis.raster import RasterInputError
+    from .core.runtime.bundle import BundleError
+    from .core.runtime.sessions import DeviceUnavailable
 
     feedback = console_feedback(args.quiet)
     out = Path(args.out)
@@ -175,7 +109,7 @@ def evaluate(args):
 
 
 def export(args):
-    from .core.export import ExportError, export_bundle
+    from .core.runtime.export import ExportError, export_bundle
 
     try:
         export_bundle(args.clip, args.upsampler, args.arch, args.out, quick_gelu=args.quick_gelu,
@@ -190,15 +124,15 @@ def export(args):
 
 def models(args):
     """The model store from the command line: download the official weights, list, install offline bundles."""
-    from .core.bundle import BundleError, model_store
-    from .core.download import DownloadError
-    from .core.models import download_model, install_bundle, installed_bundles
-    from .core.segment import Cancelled
+    from .core.common.download import DownloadError
+    from .core.common.feedback import Cancelled
+    from .core.runtime.bundle import BundleError
+    from .core.runtime.store import download_model, install_bundle, installed_bundles, model_store
 
     feedback = console_feedback()
     try:
         if args.action == "download":
-            for modality in ("optical", "sar") if args.which == "all" else (args.which,):
+            for modality in MODALITIES if args.which == "all" else (args.which,):
                 download_model(modality, progress=feedback.progress, log=feedback.info)
         elif args.action == "install":
             install_bundle(args.bundle, make_default=not args.no_default, overwrite=args.overwrite,
@@ -222,11 +156,12 @@ def models(args):
 
 def train_sar(args):
     """segearth:train_sar_student without QGIS: a SAR student distilled from an optical teacher bundle."""
-    from .core.bundle import BundleError, default_bundle
-    from .core.raster import RasterInputError
-    from .core.runtime import DeviceUnavailable
-    from .core.segment import Cancelled
-    from .core.train_sar import TrainSettings, train_sar_student
+    from .core.common.feedback import Cancelled
+    from .core.gis.raster import RasterInputError
+    from .core.runtime.bundle import BundleError
+    from .core.runtime.sessions import DeviceUnavailable
+    from .core.runtime.store import default_bundle
+    from .core.train.sar_student import TrainSettings, train_sar_student
 
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                              device=args.device, polarisation=args.polarisation, seed=args.seed)
@@ -243,35 +178,19 @@ def train_sar(args):
     return 0
 
 
-def bench(args):
-    from .core import bench as benchmarks
-
-    if args.what == "parity":
-        return benchmarks.parity(args.arch, args.size)
-    if args.what == "memory":
-        return benchmarks.memory(args.resolution)
-    return benchmarks.speed(args.arch, args.size, args.runs, args.device, args.longer_side)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="segearth_qgis.cli", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    prepare = sub.add_parser("demo-prepare", help="write the demo's GeoTIFF and choose its model (JSON on stdout)")
-    prepare.add_argument("--out", default="out/demo")
-    preview = sub.add_parser("demo-preview", help="the demo's PNG preview from its outputs")
-    preview.add_argument("--out", default="out/demo")
-    preview.add_argument("--random-weights", action="store_true")
+def add_segment_parser(sub):
     seg = sub.add_parser("segment", help="segment a raster into a classified GeoTIFF (the algorithm's pipeline)")
+    seg.set_defaults(run=segment)
     seg.add_argument("input", help="any raster GDAL opens")
     seg.add_argument("output", help="the classified GeoTIFF to write")
     seg.add_argument("--classes", help="one class per line (or '\\n' between classes), commas between synonyms")
     seg.add_argument("--preset", help="an official dataset preset, e.g. openearthmap, loveda, potsdam")
     seg.add_argument("--model", help="model bundle folder, manifest.json or zip (default: the installed model)")
-    seg.add_argument("--sensor", default="auto", choices=["auto", "optical", "sar"],
+    seg.add_argument("--sensor", default="auto", choices=SENSORS,
                      help="auto: radar only on evidence in the file (complex type, polarisation names, SAR metadata)")
     seg.add_argument("--polarisation", help="SAR: a polarisation (VV, VH, HH, HV) or a band number; default VV")
-    seg.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    seg.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    seg.add_argument("--device", default="auto", choices=DEVICES)
+    seg.add_argument("--backend", default="auto", choices=BACKENDS)
     seg.add_argument("--resolution", type=float, default=0.0, help="processing resolution in metres (0: native)")
     seg.add_argument("--bands", type=int, nargs="+", help="1-based bands used as red, green, blue")
     seg.add_argument("--extent", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
@@ -287,7 +206,11 @@ def main(argv=None):
     seg.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance (layer units)")
     seg.add_argument("--min-area", type=float, default=0.0, help="minimum polygon area in m2")
     seg.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+
+def add_evaluate_parser(sub):
     ev = sub.add_parser("evaluate", help="mIoU / IoU on a labelled folder, as the papers measure it")
+    ev.set_defaults(run=evaluate)
     ev.add_argument("--images", required=True, help="folder of images (png, jpg, tif...)")
     ev.add_argument("--labels", required=True, help="folder of one-band label rasters, paired with the images by name")
     ev.add_argument("--preset", help="the dataset's preset (classes, threshold, resize, window, label encoding)")
@@ -300,51 +223,52 @@ def main(argv=None):
                                                        "'_instance_color_RGB.png' (default: any extension)")
     ev.add_argument("--split", help="text file of the image names to use, one per line (mmseg's ann_file)")
     ev.add_argument("--resize", type=int, help="paper pipeline: longer side in pixels (default the preset's, 448)")
-    ev.add_argument("--pipeline", default="paper", choices=["paper", "map"],
+    ev.add_argument("--pipeline", default="paper", choices=EVALUATION_PIPELINES,
                     help="paper: each image resized and windowed as the papers did (default); map: the streaming "
                          "segment pipeline on georeferenced rasters of any size")
     ev.add_argument("--resolution", type=float, default=0.0, help="map pipeline: processing resolution in metres")
     ev.add_argument("--model", help="model bundle folder, manifest.json or zip (default: the installed model)")
-    ev.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    ev.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    ev.add_argument("--device", default="auto", choices=DEVICES)
+    ev.add_argument("--backend", default="auto", choices=BACKENDS)
     ev.add_argument("--save-predictions", help="folder for the classified rasters (<image name>.tif)")
     ev.add_argument("--out", default="out/evaluate/report.json", help="the JSON report; the CSV and PNG go beside it")
     ev.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+
+def add_export_parser(sub):
     exp = sub.add_parser("export", help="export checkpoints to a validated ONNX bundle")
+    exp.set_defaults(run=export)
     exp.add_argument("--clip", required=True, help="open_clip CLIP state dict (.pt, .bin, .safetensors)")
     exp.add_argument("--upsampler", help="SimFeatUp checkpoint (Lightning format); omit for no upsampler")
     exp.add_argument("--arch", required=True, help="open_clip model name (ViT-B-16) or model-config JSON")
     exp.add_argument("--quick-gelu", action="store_true", help="QuickGELU activations (OpenAI weights)")
-    exp.add_argument("--attention", default="SegEarth", choices=["SegEarth", "SCLIP", "ClearCLIP", "vanilla"])
+    exp.add_argument("--attention", default="SegEarth", choices=ATTENTIONS)
     exp.add_argument("--last-n", type=int, default=1)
-    exp.add_argument("--modality", default="optical", choices=["optical", "sar"])
+    exp.add_argument("--modality", default="optical", choices=MODALITIES)
     exp.add_argument("--gba-lambda", type=float, default=0.3, help="default lambda of global bias alleviation")
     exp.add_argument("--out", required=True, help="the bundle folder to write (its name is the bundle's name)")
     exp.add_argument("--zip", action="store_true", help="also write the bundle as DIR.zip")
     exp.add_argument("--no-checkpoints", action="store_true", help="leave the torch checkpoints out of the bundle")
     exp.add_argument("--tolerance", type=float, default=1e-4, help="largest relative onnx-vs-torch difference")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+
+
+def add_models_parser(sub):
     models_parser = sub.add_parser("models", help="the model store: download, list, install")
+    models_parser.set_defaults(run=models)
     models_sub = models_parser.add_subparsers(dest="action", required=True)
     download_parser = models_sub.add_parser("download", help="download the official weights and export bundles")
-    download_parser.add_argument("which", nargs="?", choices=["optical", "sar", "all"], default="optical")
+    download_parser.add_argument("which", nargs="?", choices=MODEL_SOURCES, default="optical")
     models_sub.add_parser("list", help="the installed bundles")
     install_parser = models_sub.add_parser("install", help="install a bundle folder or zip (offline)")
     install_parser.add_argument("bundle", help="a bundle folder, its manifest.json, or its .zip")
     install_parser.add_argument("--no-default", action="store_true", help="do not make it the default model")
     install_parser.add_argument("--overwrite", action="store_true", help="replace an installed bundle of that name")
-    bench_parser = sub.add_parser("bench", help="benchmarks that print figures")
-    bench_parser.add_argument("what", choices=["speed", "parity", "memory"],
-                              help="speed: the three implementations; parity: CUDA against the CPU (needs a GPU); "
-                                   "memory: the streaming pipeline on rasters up to 20000x20000")
-    bench_parser.add_argument("--arch", default="ViT-B-16")
-    bench_parser.add_argument("--size", type=int, default=448, help="side of the square test image")
-    bench_parser.add_argument("--runs", type=int, default=1, help="timed runs per implementation (best is kept)")
-    bench_parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    bench_parser.add_argument("--resolution", type=float, default=5.0, help="memory: processing resolution in metres")
-    bench_parser.add_argument("--longer-side", type=int, default=448,
-                              help="the image is resized to this longer side first, as the reference does; 0 keeps it")
+
+
+def add_train_sar_parser(sub):
     train = sub.add_parser("train-sar", help="distil a SAR model from an optical teacher on a co-registered pair")
+    train.set_defaults(run=train_sar)
     train.add_argument("--optical", required=True, help="the optical raster")
     train.add_argument("--sar", required=True, help="the SAR raster of the same place (warped onto the optical grid)")
     train.add_argument("--teacher", help="optical bundle with checkpoints (default: the installed optical model)")
@@ -352,25 +276,21 @@ def main(argv=None):
     train.add_argument("--steps", type=int, default=2000)
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--learning-rate", type=float, default=1e-5)
-    train.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    train.add_argument("--device", default="auto", choices=DEVICES)
     train.add_argument("--polarisation", help="a polarisation (VV, VH, HH, HV) or a band number; default VV")
     train.add_argument("--seed", type=int, default=0)
+
+
+PARSERS = (add_segment_parser, add_evaluate_parser, add_export_parser, add_models_parser, add_train_sar_parser)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="segearth_qgis.cli", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_parser in PARSERS:
+        add_parser(sub)
     args = parser.parse_args(argv)
-    if args.command == "train-sar":
-        return train_sar(args)
-    if args.command == "demo-prepare":
-        return demo_prepare(args.out)
-    if args.command == "demo-preview":
-        return demo_preview(args.out, args.random_weights)
-    if args.command == "segment":
-        return segment(args)
-    if args.command == "evaluate":
-        return evaluate(args)
-    if args.command == "export":
-        return export(args)
-    if args.command == "models":
-        return models(args)
-    return bench(args)
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ class SegEarthPlugin:
         installed runtime on sys.path (a file read, no import) and registers the provider, once."""
         if self.provider is not None:
             return
-        from .core.dependencies import activate
+        from .core.setup.dependencies import activate
         from .processing.provider import SegEarthProvider
 
         activate(QgsApplication.qgisSettingsDirPath())
@@ -27,11 +27,11 @@ class SegEarthPlugin:
     def initGui(self):
         self.initProcessing()
         if self.map_action is None:
-            from .map_action import MapClassesAction
+            from .gui.map_action import MapClassesAction
 
             self.map_action = MapClassesAction(self.iface)
         if self.install_prompt is None:
-            from .dependency_prompt import InstallPrompt
+            from .gui.install_prompt import InstallPrompt
 
             self.install_prompt = InstallPrompt(self.iface)
 

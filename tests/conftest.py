@@ -1,4 +1,5 @@
-"""Shared fixtures: seeded tiny models built on the fly, the reference cases in ../shared, and the skip policy."""
+"""Shared fixtures: seeded tiny models built on the fly, the reference cases in ../shared, the skip policy, and the
+markers each test gets from its folder (tests mirror the tree: core/<layer>/, qgis/, desktop/, tools/)."""
 
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ SHARED = Path(os.environ.get("SEGEARTH_SHARED", ROOT.parent / "shared"))
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
-    from segearth_qgis.core.random_model import write_random_checkpoints
+    from tools.dev.random_model import write_random_checkpoints
 
     return write_random_checkpoints(tmp_path_factory.mktemp("tiny-model"), seed=0)
 
@@ -31,6 +32,22 @@ def reference_root():
     return root
 
 
+FOLDER_MARKERS = {"qgis": ("qgis",), "desktop": ("qgis", "desktop")}
+QGIS_FIXTURES = {"qgis_app", "qgis_iface", "segearth_processing"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Folder markers (tests/qgis: qgis; tests/desktop: qgis, desktop) and ``qgis`` for any test using QGIS's
+    application fixtures, so that ``-m "not qgis"`` runs what needs no QGIS."""
+    for item in items:
+        folder = Path(str(item.path)).relative_to(ROOT / "tests").parts[0]
+        names = set(FOLDER_MARKERS.get(folder, ()))
+        if QGIS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            names.add("qgis")
+        for name in sorted(names):
+            item.add_marker(name)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A skip must say why: an unexplained skip becomes a failure before any reporter sees it."""
@@ -47,7 +64,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoints, tmp_path_factory):
     """A validated bundle (and its zip) of the tiny model, exported once per test session."""
-    from segearth_qgis.core.export import export_bundle
+    from segearth_qgis.core.runtime.export import export_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-optical"
     return export_bundle(tiny_checkpoints["clip"], tiny_checkpoints["upsampler"], tiny_checkpoints["arch"], out,
@@ -58,7 +75,7 @@ def tiny_bundle(tiny_checkpoints, tmp_path_factory):
 def tiny_sar_bundle(tiny_checkpoints, tmp_path_factory):
     """The tiny model exported as a SAR bundle with the SAR settings of method.md §3 (GELU, SCLIP on the last 2
     blocks, λ 0.3)."""
-    from segearth_qgis.core.export import export_bundle
+    from segearth_qgis.core.runtime.export import export_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-sar"
     return export_bundle(tiny_checkpoints["clip"], tiny_checkpoints["upsampler"], tiny_checkpoints["arch"], out,

@@ -23,8 +23,8 @@ def segment_parameters(scene, bundle, out):
 def write_reference(out):
     from rasters import scene_bands, write_geotiff
 
-    from segearth_qgis.core.export import export_bundle
-    from segearth_qgis.core.random_model import write_random_checkpoints
+    from segearth_qgis.core.runtime.export import export_bundle
+    from tools.dev.random_model import write_random_checkpoints
 
     out = Path(out)
     checkpoints = write_random_checkpoints(out / "checkpoints", seed=0)

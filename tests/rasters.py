@@ -3,7 +3,7 @@
 import numpy as np
 from osgeo import gdal, gdal_array, osr
 
-from segearth_qgis.core.synthetic import synthetic_scene
+from tools.dev.synthetic import synthetic_scene
 
 UTM32_ORIGIN = (500000.0, 5600000.0)
 

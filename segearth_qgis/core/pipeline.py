@@ -15,18 +15,15 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from osgeo import gdal
 
-from .geo import AreaMeter
-from .raster import (
-    CONFIDENCE_NODATA,
-    LABEL_NODATA,
-    ProcessingSource,
-    RasterInputError,
-    RasterWriter,
-    bounded_block_cache,
-)
-from .resize import bilinear_taps, interpolate_taps
-from .segment import Cancelled, classify, normalize, window_batches, window_boxes
-from .style import class_colors, qml_path, raster_qml, vector_qml, write_text_atomically
+from .common.feedback import Cancelled, as_feedback
+from .common.files import atomic_write
+from .gis.geo import AreaMeter
+from .gis.raster import CONFIDENCE_NODATA, LABEL_NODATA, RasterInputError, RasterWriter, bounded_block_cache
+from .gis.source import ProcessingSource
+from .gis.style import class_colors, qml_path, raster_qml, vector_qml
+from .method.resize import bilinear_taps, interpolate_taps
+from .method.segment import classify
+from .method.windows import normalize, window_batches, window_boxes
 
 OUTPUT_CHUNK_VALUES = 8 << 20   # floats per output chunk (queries x rows x width): about 32 MB
 
@@ -57,22 +54,6 @@ class SegmentOutputs:
     min_area_m2: float = 0.0            # polygons smaller than this merge into their neighbour
 
 
-class Feedback:
-    """What the pipeline reports; the Processing algorithms and the CLI subclass it."""
-
-    def progress(self, fraction):
-        pass
-
-    def cancelled(self):
-        return False
-
-    def info(self, text):
-        pass
-
-    def warn(self, text):
-        pass
-
-
 @dataclass
 class RasterSegmentation:
     class_names: list
@@ -98,9 +79,9 @@ def resolve_options(classes=None, preset=None, threshold=None, background=None, 
     ``sar.decide_sensor`` from ``sensor``, the bundle at ``model_path``, the preset and ``input_path`` (None: not a
     GDAL file); it picks the default model. ``grid``: resolution, bands, extent, batch_size.
     """
-    from .presets import load_preset
-    from .sar import decide_sensor
-    from .vocabulary import Vocabulary
+    from .gis.sar import decide_sensor
+    from .method.presets import load_preset
+    from .method.vocabulary import Vocabulary
 
     notes = []
     chosen = load_preset(preset) if preset else None
@@ -136,7 +117,7 @@ def model_modality(model_path):
     """The modality in the manifest of the bundle at ``model_path``, or None when no bundle is given."""
     if not model_path:
         return None
-    from .bundle import read_manifest, resolve_bundle
+    from .runtime.bundle import read_manifest, resolve_bundle
 
     return read_manifest(resolve_bundle(model_path))["modality"]
 
@@ -158,7 +139,7 @@ def _check_window(options, patch_size):
 def segment_raster(model, input_path, outputs, options, feedback=None):
     """Segment ``input_path`` into ``outputs``; returns a ``RasterSegmentation``. Nothing is left behind on failure."""
     with bounded_block_cache():
-        return _segment_raster(model, input_path, outputs, options, feedback or Feedback())
+        return _segment_raster(model, input_path, outputs, options, as_feedback(feedback))
 
 
 def _segment_raster(model, input_path, outputs, options, feedback):
@@ -191,21 +172,21 @@ def _segment_raster(model, input_path, outputs, options, feedback):
                                     0.0, (source.grid.width, source.grid.height),
                                     (source.native.width, source.native.height))
         if outputs.vector:
-            from .vectorize import polygonize
+            from .gis.vectorize import polygonize
 
             feedback.info("polygonizing the classes")
             polygonize(writers[0].temp, outputs.vector, class_names=class_names, simplify=outputs.simplify,
                        min_area_m2=outputs.min_area_m2, cancelled=feedback.cancelled)
-            write_text_atomically(qml_path(outputs.vector), vector_qml(class_names, colors))
+            atomic_write(qml_path(outputs.vector), vector_qml(class_names, colors))
             result.outputs["vector"] = str(outputs.vector)
         for writer in writers:
             writer.commit()
-        write_text_atomically(qml_path(outputs.classes), raster_qml(class_names, colors))
+        atomic_write(qml_path(outputs.classes), raster_qml(class_names, colors))
         result.outputs["classes"] = str(outputs.classes)
         if outputs.confidence:
             result.outputs["confidence"] = str(outputs.confidence)
         if outputs.areas_csv:
-            write_text_atomically(outputs.areas_csv, areas_csv(areas))
+            atomic_write(outputs.areas_csv, areas_csv(areas))
             result.outputs["areas_csv"] = str(outputs.areas_csv)
     except BaseException:
         for writer in writers:
@@ -235,8 +216,8 @@ def _log_start(model, source, options, class_names, background_index, feedback):
     else:
         feedback.info(f"processing grid: {grid.width} x {grid.height} px at {options.resolution:g} m "
                       f"({source.resampling} resampling by GDAL)")
-    if len(source.bands) == 1 and source.sensor == "optical":
-        feedback.warn("one band: it is repeated as red, green and blue; the optical model expects colour images")
+    for warning in source.warnings:
+        feedback.warn(warning)
     feedback.info(f"classes: {', '.join(class_names)}; pixels below probability {options.threshold:g} go to "
                   f"'{class_names[background_index]}'; global bias lambda {options.gba_lambda:g}")
 

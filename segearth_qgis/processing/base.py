@@ -4,23 +4,19 @@ from urllib.parse import quote
 
 from qgis.core import (
     QgsApplication,
-    QgsCategorizedSymbolRenderer,
-    QgsFillSymbol,
     QgsNetworkAccessManager,
-    QgsPalettedRasterRenderer,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingLayerPostProcessorInterface,
     QgsRasterLayer,
-    QgsRendererCategory,
     QgsSettings,
-    QgsVectorLayer,
 )
-from qgis.PyQt.QtGui import QColor, QIcon
+from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtNetwork import QNetworkProxy
 
 from ..compat import ADVANCED, DOUBLE, FILE, INTEGER  # noqa: F401 (DOUBLE, FILE, INTEGER: for the algorithms)
-from ..core.resources import resource_path
+from ..core.common.feedback import Feedback
+from ..core.common.resources import resource_path
 
 MODEL_DIR_SETTING = "SEGEARTH_MODEL_DIR"  # Options > Processing > Providers > SegEarth-OV > Model folder
 MISSING_RUNTIME_LISTENERS = []  # the desktop's install prompt (dependency_prompt.py) registers here
@@ -41,17 +37,17 @@ class SegEarthAlgorithm(QgsProcessingAlgorithm):
     def icon(self):
         return QIcon(str(resource_path("icon.svg")))
 
-    def style_on_load(self, context, destination, class_names, colors, vector=False):
-        """Style ``destination`` when the dialog, the modeler or an ad hoc run loads it into the project."""
+    def style_on_load(self, context, destination):
+        """Style ``destination`` with the .qml the core wrote beside it (gis/style.py, the one source of the class
+        style) when the dialog, the modeler or an ad hoc run loads it into the project."""
         if not context.willLoadLayerOnCompletion(destination):
             return
-        processor = ClassStyler.create(class_names, colors, vector)
-        context.layerToLoadOnCompletionDetails(destination).setPostProcessor(processor)
+        context.layerToLoadOnCompletionDetails(destination).setPostProcessor(ClassStyler.create(destination))
 
 
 def configure_model_store():
     """Apply the provider's Model folder setting (SEGEARTH_MODEL_DIR in the environment still wins)."""
-    from ..core.bundle import configure_model_store as configure
+    from ..core.runtime.store import configure_model_store as configure
 
     configure(QgsSettings().value(f"Processing/Configuration/{MODEL_DIR_SETTING}", "", type=str) or None)
 
@@ -65,7 +61,7 @@ def runtime_import(function):
     """Run an import-heavy call; a missing package becomes a QgsProcessingException saying how to install it (and,
     in the desktop, the install prompt is offered), a package that is there but fails to import one saying to repair
     it."""
-    from ..core.dependencies import broken_runtime_message, missing_runtime_message, profile_for
+    from ..core.setup.dependencies import broken_runtime_message, missing_runtime_message, profile_for
 
     try:
         return function()
@@ -102,7 +98,7 @@ def _importable(module):
 
 def runtime_root():
     """This QGIS profile's runtime folder for the running Python (see core/dependencies.py)."""
-    from ..core.dependencies import runtime_root as root
+    from ..core.setup.dependencies import runtime_root as root
 
     return root(QgsApplication.qgisSettingsDirPath())
 
@@ -118,8 +114,8 @@ def qgis_proxies():
     return {"http": url, "https": url}
 
 
-class ProcessingFeedbackBridge:
-    """The core pipeline's ``Feedback`` interface on top of a QgsProcessingFeedback."""
+class ProcessingFeedbackBridge(Feedback):
+    """The core's ``Feedback`` on top of a QgsProcessingFeedback."""
 
     def __init__(self, feedback):
         self.feedback = feedback
@@ -141,33 +137,28 @@ CLASSIFIED_PROPERTY = "segearth/classified"  # set on loaded outputs: the map ac
 
 
 class ClassStyler(QgsProcessingLayerPostProcessorInterface):
-    """Gives a loaded output the paletted (raster) or categorized (vector) renderer with the class names."""
+    """Loads the class style (.qml) written beside an output into the loaded layer, so the legend shows the class
+    names; a classified raster is also marked so the map action does not offer it as an input."""
 
     _alive = []  # QGIS holds post-processors by a raw pointer: Python must keep them until they have run
 
     @classmethod
-    def create(cls, class_names, colors, vector):
-        styler = cls(class_names, colors, vector)
+    def create(cls, destination):
+        styler = cls(destination)
         cls._alive.append(styler)
         return styler
 
-    def __init__(self, class_names, colors, vector):
+    def __init__(self, destination):
         super().__init__()
-        self.class_names = list(class_names)
-        self.colors = [QColor(*c) for c in colors]
-        self.vector = vector
+        self.destination = destination
 
     def postProcessLayer(self, layer, context, feedback):
-        if self.vector and isinstance(layer, QgsVectorLayer):
-            categories = []
-            for index, (name, color) in enumerate(zip(self.class_names, self.colors, strict=True)):
-                symbol = QgsFillSymbol.createSimple({"color": color.name(), "outline_style": "no"})
-                categories.append(QgsRendererCategory(index, symbol, name))
-            layer.setRenderer(QgsCategorizedSymbolRenderer("class_id", categories))
-        elif not self.vector and isinstance(layer, QgsRasterLayer):
-            classes = [QgsPalettedRasterRenderer.Class(i, color, name)
-                       for i, (name, color) in enumerate(zip(self.class_names, self.colors, strict=True))]
-            layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
+        from ..core.gis.style import qml_path
+
+        message, loaded = layer.loadNamedStyle(str(qml_path(self.destination)))
+        if not loaded:
+            feedback.pushWarning(f"the class style of {self.destination} could not be loaded: {message}")
+        if isinstance(layer, QgsRasterLayer):
             layer.setCustomProperty(CLASSIFIED_PROPERTY, True)
         layer.triggerRepaint()
         if self in ClassStyler._alive:

@@ -49,7 +49,7 @@ class EvaluateAlgorithm(SegEarthAlgorithm):
         return HELP
 
     def initAlgorithm(self, config=None):
-        from ..core.presets import preset_names
+        from ..core.method.presets import preset_names
 
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Classified raster"))
         self.addParameter(QgsProcessingParameterRasterLayer("REFERENCE", "Reference labels (raster)", optional=True))
@@ -82,16 +82,16 @@ class EvaluateAlgorithm(SegEarthAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):
         import json
 
-        from ..core.evaluate import (
+        from ..core.common.feedback import Cancelled
+        from ..core.eval.evaluate import (
             ConfusionMatrix,
             EvaluationReport,
             LabelEncoding,
             report_classes,
             score_classified_raster,
         )
-        from ..core.presets import load_preset
-        from ..core.raster import LABEL_NODATA, read_class_table
-        from ..core.segment import Cancelled
+        from ..core.gis.raster import LABEL_NODATA, read_class_table
+        from ..core.method.presets import load_preset
         from .segment import gdal_path, optional_value
 
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)

@@ -12,11 +12,8 @@ from qgis.core import (
 )
 
 from ..compat import FILE, FOLDER
+from ..core.common.choices import GPU_PACKAGES, INSTALL_ACTIONS, PROFILES
 from .base import ProcessingFeedbackBridge, SegEarthAlgorithm, advanced, qgis_proxies, runtime_root
-
-ACTIONS = ["install", "repair", "uninstall", "status"]
-PROFILES = ["onnx", "full"]
-GPU_CHOICES = ["auto", "cuda", "cpu"]
 
 
 class InstallDependenciesAlgorithm(SegEarthAlgorithm):
@@ -47,9 +44,9 @@ class InstallDependenciesAlgorithm(SegEarthAlgorithm):
                 "<i>uninstall</i> removes the folder, <i>status</i> only reports. QGIS's proxy settings are used.")
 
     def initAlgorithm(self, config=None):
-        for name, label, options, default in (("ACTION", "Action", ACTIONS, "install"),
+        for name, label, options, default in (("ACTION", "Action", INSTALL_ACTIONS, "install"),
                                               ("PROFILE", "Profile", PROFILES, "onnx"),
-                                              ("GPU", "GPU package", GPU_CHOICES, "auto")):
+                                              ("GPU", "GPU package", GPU_PACKAGES, "auto")):
             parameter = QgsProcessingParameterEnum(name, label, options=options, defaultValue=default)
             parameter.setUsesStaticStrings(True)
             self.addParameter(parameter)
@@ -63,9 +60,9 @@ class InstallDependenciesAlgorithm(SegEarthAlgorithm):
         self.addOutput(QgsProcessingOutputBoolean("RESTART_NEEDED", "QGIS must restart to use them"))
 
     def processAlgorithm(self, parameters, context, feedback):
-        from ..core.dependencies import active_site, detect, read_state
-        from ..core.installer import InstallError, install, uninstall
-        from ..core.segment import Cancelled
+        from ..core.common.feedback import Cancelled
+        from ..core.setup.dependencies import active_site, detect, read_state
+        from ..core.setup.installer import InstallError, install, uninstall
 
         action = self.parameterAsEnumString(parameters, "ACTION", context)
         wheels = self.parameterAsFile(parameters, "WHEELS", context) or \

@@ -8,6 +8,7 @@ from qgis.core import (
     QgsProcessingParameterFile,
 )
 
+from ..core.common.choices import MODEL_SOURCES
 from .base import (
     FILE,
     ProcessingFeedbackBridge,
@@ -16,8 +17,6 @@ from .base import (
     qgis_proxies,
     runtime_import,
 )
-
-SOURCES = ["optical", "sar", "all"]
 
 
 class InstallModelAlgorithm(SegEarthAlgorithm):
@@ -39,7 +38,7 @@ class InstallModelAlgorithm(SegEarthAlgorithm):
                 "Processing > Providers) or SEGEARTH_MODEL_DIR moves it.")
 
     def initAlgorithm(self, config=None):
-        source = QgsProcessingParameterEnum("SOURCE", "Download", options=SOURCES, defaultValue="optical")
+        source = QgsProcessingParameterEnum("SOURCE", "Download", options=list(MODEL_SOURCES), defaultValue="optical")
         source.setUsesStaticStrings(True)
         self.addParameter(source)
         self.addParameter(QgsProcessingParameterFile("BUNDLE", "Or install this bundle (offline)", FILE,
@@ -50,10 +49,10 @@ class InstallModelAlgorithm(SegEarthAlgorithm):
         self.addOutput(QgsProcessingOutputString("MODELS", "Installed bundle folders (one per line)"))
 
     def processAlgorithm(self, parameters, context, feedback):
-        from ..core.bundle import BundleError
-        from ..core.download import DownloadError
-        from ..core.models import download_model, install_bundle
-        from ..core.segment import Cancelled
+        from ..core.common.download import DownloadError
+        from ..core.common.feedback import Cancelled
+        from ..core.runtime.bundle import BundleError
+        from ..core.runtime.store import download_model, install_bundle
 
         configure_model_store()
         bundle = self.parameterAsFile(parameters, "BUNDLE", context)

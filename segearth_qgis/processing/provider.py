@@ -3,7 +3,7 @@
 from qgis.core import Qgis, QgsMessageLog, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from ..core.resources import resource_path
+from ..core.common.resources import resource_path
 from .base import MODEL_DIR_SETTING, runtime_root
 
 
@@ -23,7 +23,7 @@ class SegEarthProvider(QgsProcessingProvider):
     def load(self):
         """Logs which runtimes are installed (found without importing them), registers the Model folder setting
         (Options > Processing > Providers), then the algorithms."""
-        from ..core.dependencies import active_site, changed_since_install, detect
+        from ..core.setup.dependencies import active_site, changed_since_install, detect
 
         root = runtime_root()
         QgsMessageLog.logMessage(f"runtime: {detect(active_site(root)).summary()}", self.name(),

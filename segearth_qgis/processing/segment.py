@@ -26,6 +26,7 @@ from qgis.core import (
     QgsRasterPipe,
 )
 
+from ..core.common.choices import BACKENDS, DEVICES, SENSORS
 from .base import (
     DOUBLE,
     FILE,
@@ -36,10 +37,6 @@ from .base import (
     configure_model_store,
     runtime_import,
 )
-
-DEVICES = ["auto", "cuda", "cpu"]
-SENSORS = ["auto", "optical", "sar"]
-BACKENDS = ["auto", "onnx", "torch"]
 
 HELP = """Maps the raster into the classes you type: one class per line, commas between synonyms \
 (e.g. <i>building,roof</i> / <i>road</i> / <i>water,river</i> / <i>tree</i>). No training, no annotation.
@@ -85,7 +82,7 @@ class SegmentAlgorithm(SegEarthAlgorithm):
         return HELP
 
     def initAlgorithm(self, config=None):
-        from ..core.presets import preset_names
+        from ..core.method.presets import preset_names
 
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster layer"))
         self.addParameter(QgsProcessingParameterString("CLASSES", "Classes (one per line, commas between synonyms)",
@@ -102,7 +99,7 @@ class SegmentAlgorithm(SegEarthAlgorithm):
                                                        "or the preset's)", DOUBLE, None, optional=True,
                                                        minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterString("BACKGROUND", "Background class name", optional=True))
-        sensor = QgsProcessingParameterEnum("SENSOR", "Sensor", options=SENSORS, defaultValue="auto")
+        sensor = QgsProcessingParameterEnum("SENSOR", "Sensor", options=list(SENSORS), defaultValue="auto")
         sensor.setUsesStaticStrings(True)
         self.addParameter(sensor)
         self.addParameter(QgsProcessingParameterString("POLARISATION", "SAR polarisation or band number (empty: VV, "
@@ -110,7 +107,7 @@ class SegmentAlgorithm(SegEarthAlgorithm):
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model bundle (empty: the default model)", FILE,
                                                      optional=True,
                                                      fileFilter="Model bundles (manifest.json *.zip);;All files (*)"))
-        device = QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue="auto")
+        device = QgsProcessingParameterEnum("DEVICE", "Device", options=list(DEVICES), defaultValue="auto")
         device.setUsesStaticStrings(True)
         self.addParameter(device)
         self.addParameter(advanced(QgsProcessingParameterNumber("WINDOW", "Window size (px)", INTEGER, None,
@@ -120,7 +117,7 @@ class SegmentAlgorithm(SegEarthAlgorithm):
         self.addParameter(advanced(QgsProcessingParameterNumber("GBA_LAMBDA", "Global bias alleviation lambda "
                                                                 "(default 0.3, or the preset's)", DOUBLE, None,
                                                                 optional=True, minValue=0.0)))
-        backend = QgsProcessingParameterEnum("BACKEND", "Backend", options=BACKENDS, defaultValue="auto")
+        backend = QgsProcessingParameterEnum("BACKEND", "Backend", options=list(BACKENDS), defaultValue="auto")
         backend.setUsesStaticStrings(True)
         self.addParameter(advanced(backend))
         self.addParameter(advanced(QgsProcessingParameterNumber("SIMPLIFY", "Polygon simplification tolerance "
@@ -141,10 +138,9 @@ class SegmentAlgorithm(SegEarthAlgorithm):
         self.addOutput(QgsProcessingOutputString("RUNTIME", "Backend and execution provider that ran"))
 
     def processAlgorithm(self, parameters, context, feedback):
+        from ..core.common.feedback import Cancelled
+        from ..core.gis.raster import RasterInputError
         from ..core.pipeline import SegmentOutputs, resolve_options, segment_raster
-        from ..core.raster import RasterInputError
-        from ..core.segment import Cancelled
-        from ..core.style import class_colors
 
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         if layer is None:
@@ -197,16 +193,16 @@ class SegmentAlgorithm(SegEarthAlgorithm):
         finally:
             if fetched:
                 remove_quietly(source)
-        colors = class_colors(result.class_names)
-        self.style_on_load(context, outputs.classes, result.class_names, colors)
+        self.style_on_load(context, outputs.classes)
         if outputs.vector:
-            self.style_on_load(context, outputs.vector, result.class_names, colors, vector=True)
+            self.style_on_load(context, outputs.vector)
         return {"OUTPUT": outputs.classes, "OUTPUT_VECTOR": outputs.vector, "OUTPUT_CONFIDENCE": outputs.confidence,
                 "OUTPUT_AREAS": outputs.areas_csv, "AREAS": result.areas_json(), "RUNTIME": str(model.runtime)}
 
     def _load_model(self, parameters, context, feedback, modality):
-        from ..core.bundle import BundleError, load_model
-        from ..core.runtime import DeviceUnavailable
+        from ..core.runtime.bundle import BundleError
+        from ..core.runtime.loader import load_model
+        from ..core.runtime.sessions import DeviceUnavailable
 
         path = self.parameterAsFile(parameters, "MODEL", context)
         device = self.parameterAsEnumString(parameters, "DEVICE", context) or "auto"
@@ -254,7 +250,7 @@ def gdal_source(layer, extent, resolution, context, feedback):
     if rectangle.isEmpty():
         raise QgsProcessingException("the extent does not overlap the layer")
     if resolution > 0:
-        from ..core.geo import pixel_size_metres
+        from ..core.gis.geo import pixel_size_metres
 
         unit_x, unit_y = pixel_size_metres((rectangle.xMinimum(), 1.0, 0.0, rectangle.yMaximum(), 0.0, -1.0),
                                            layer.crs().toWkt(), rectangle.width(), rectangle.height())

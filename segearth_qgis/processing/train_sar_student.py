@@ -16,6 +16,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..core.common.choices import DEVICES
 from .base import (
     DOUBLE,
     FILE,
@@ -26,7 +27,7 @@ from .base import (
     configure_model_store,
     runtime_import,
 )
-from .segment import DEVICES, gdal_path
+from .segment import gdal_path
 
 HELP = """Trains a radar (SAR) encoder for <i>Map classes</i> from an optical raster and a SAR raster of the same \
 place (AlignEarth, SegEarth-OV-2). The student starts as a copy of the optical model's visual encoder (TEACHER, an \
@@ -64,7 +65,7 @@ class TrainSarStudentAlgorithm(SegEarthAlgorithm):
         self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", "Windows per step", INTEGER, 8, minValue=2))
         self.addParameter(QgsProcessingParameterNumber("LEARNING_RATE", "Learning rate", DOUBLE, 1e-5,
                                                        minValue=0.0))
-        device = QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue="auto")
+        device = QgsProcessingParameterEnum("DEVICE", "Device", options=list(DEVICES), defaultValue="auto")
         device.setUsesStaticStrings(True)
         self.addParameter(device)
         self.addParameter(QgsProcessingParameterString("POLARISATION", "SAR polarisation or band number (empty: VV, "
@@ -78,10 +79,11 @@ class TrainSarStudentAlgorithm(SegEarthAlgorithm):
         self.addOutput(QgsProcessingOutputString("AGREEMENT", "Held-out agreement before and after (JSON)"))
 
     def processAlgorithm(self, parameters, context, feedback):
-        from ..core.bundle import BundleError, default_bundle
-        from ..core.raster import RasterInputError
-        from ..core.runtime import DeviceUnavailable
-        from ..core.segment import Cancelled
+        from ..core.common.feedback import Cancelled
+        from ..core.gis.raster import RasterInputError
+        from ..core.runtime.bundle import BundleError
+        from ..core.runtime.sessions import DeviceUnavailable
+        from ..core.runtime.store import default_bundle
 
         paths = {}
         for name in ("OPTICAL", "SAR"):
@@ -96,7 +98,7 @@ class TrainSarStudentAlgorithm(SegEarthAlgorithm):
             teacher = self.parameterAsFile(parameters, "TEACHER", context) or default_bundle("optical")
             result = runtime_import(lambda: self._train(parameters, context, paths, teacher, bridge))
             if self.parameterAsBool(parameters, "INSTALL", context):
-                from ..core.models import install_bundle
+                from ..core.runtime.store import install_bundle
 
                 install_bundle(result.bundle, make_default=True, overwrite=True, log=feedback.pushInfo)
         except Cancelled:
@@ -110,7 +112,7 @@ class TrainSarStudentAlgorithm(SegEarthAlgorithm):
                 "CHECKPOINT": result.checkpoint, "AGREEMENT": json.dumps(agreement)}
 
     def _train(self, parameters, context, paths, teacher, bridge):
-        from ..core.train_sar import TrainSettings, train_sar_student
+        from ..core.train.sar_student import TrainSettings, train_sar_student
 
         settings = TrainSettings(steps=self.parameterAsInt(parameters, "STEPS", context),
                                  batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),

@@ -36,10 +36,11 @@ class VectorizeAlgorithm(SegEarthAlgorithm):
         self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT", "Class polygons", POLYGONS))
 
     def processAlgorithm(self, parameters, context, feedback):
-        from ..core.raster import RasterInputError, read_class_table
-        from ..core.segment import Cancelled
-        from ..core.style import qml_path, vector_qml, write_text_atomically
-        from ..core.vectorize import polygonize
+        from ..core.common.feedback import Cancelled
+        from ..core.common.files import atomic_write
+        from ..core.gis.raster import RasterInputError, read_class_table
+        from ..core.gis.style import qml_path, vector_qml
+        from ..core.gis.vectorize import polygonize
 
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         if layer is None or layer.providerType() != "gdal":
@@ -57,6 +58,6 @@ class VectorizeAlgorithm(SegEarthAlgorithm):
             raise QgsProcessingException("cancelled: no output was written") from None
         except (RasterInputError, ValueError) as error:
             raise QgsProcessingException(str(error)) from error
-        write_text_atomically(qml_path(output), vector_qml(names, colors))
-        self.style_on_load(context, output, names, colors, vector=True)
+        atomic_write(qml_path(output), vector_qml(names, colors))
+        self.style_on_load(context, output)
         return {"OUTPUT": output}

@@ -1,0 +1,56 @@
+"""Files written whole or not at all, and their SHA-256: the one helper of each kind for every room of the plugin."""
+
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+CHUNK_BYTES = 1 << 20
+
+
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """A hidden name beside ``path`` with its suffix (GDAL and OGR choose the driver by it), unique per call."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the ``with`` body to write; it replaces ``path`` when the body ends
+    without an error and is deleted otherwise, so readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temporary_sibling(path)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes, encoding: str = "utf-8") -> Path:
+    """Write ``data`` (text or bytes) to ``path`` atomically; returns the path."""
+    with atomic_path(path) as temp:
+        if isinstance(data, bytes):
+            temp.write_bytes(data)
+        else:
+            temp.write_text(data, encoding=encoding)
+    return Path(path)
+
+
+def sha256_digest(path: str | os.PathLike, after_block: Callable[[], None] | None = None) -> "hashlib._Hash":
+    """The running SHA-256 of the file at ``path``; ``after_block()`` runs after each chunk (e.g. a cancel check)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while block := source.read(CHUNK_BYTES):
+            digest.update(block)
+            if after_block is not None:
+                after_block()
+    return digest
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of the file at ``path``."""
+    return sha256_digest(path).hexdigest()

@@ -1,0 +1,296 @@
+"""Raster I/O for the streaming pipeline, all through GDAL: grids, bands, the 8-bit stretch, resampled reads, outputs.
+
+The input is never modified: every read goes through in-memory VRTs (band subset, window, warp to the processing
+resolution), and every output is written under a temporary name beside its destination and renamed at the end.
+"""
+
+import contextlib
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal
+
+from ..common.files import temporary_sibling
+
+LABEL_NODATA = 255
+CONFIDENCE_NODATA = -1.0
+STRETCH_PERCENTILES = (2.0, 98.0)
+STRETCH_SAMPLE = 1024
+COMPLEX_TYPES = (gdal.GDT_CInt16, gdal.GDT_CInt32, gdal.GDT_CFloat32, gdal.GDT_CFloat64)
+NON_FINITE_TYPES = (gdal.GDT_Float32, gdal.GDT_Float64, gdal.GDT_CFloat32, gdal.GDT_CFloat64)
+GTIFF_OPTIONS = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
+
+gdal.UseExceptions()
+
+
+BLOCK_CACHE_LIMIT = 256 * 2 ** 20
+_cache_lock = threading.Lock()
+_cache_users = {"count": 0, "previous": None}
+
+
+@contextlib.contextmanager
+def bounded_block_cache(limit=BLOCK_CACHE_LIMIT):
+    """Hold GDAL's process-wide block cache (5 % of RAM by default) to ``limit`` bytes while streams run: a stream
+    reads and writes each block once, so a larger cache only makes the process grow with the raster. The first
+    stream in saves the setting and the last one out restores it."""
+    with _cache_lock:
+        if _cache_users["count"] == 0:
+            _cache_users["previous"] = gdal.GetCacheMax()
+            gdal.SetCacheMax(min(_cache_users["previous"], limit))
+        _cache_users["count"] += 1
+    try:
+        yield
+    finally:
+        with _cache_lock:
+            _cache_users["count"] -= 1
+            if _cache_users["count"] == 0:
+                gdal.SetCacheMax(_cache_users["previous"])
+
+
+class RasterInputError(ValueError):
+    """The input raster or a parameter about it cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A pixel grid: size, GDAL geotransform (north-up, mirrored or rotated) and CRS (WKT)."""
+
+    width: int
+    height: int
+    geotransform: tuple
+    srs_wkt: str
+
+    @property
+    def extent(self):
+        """(xmin, ymin, xmax, ymax) of the four corners in the CRS."""
+        corners = [gdal.ApplyGeoTransform(self.geotransform, col, row)
+                   for col in (0, self.width) for row in (0, self.height)]
+        xs, ys = zip(*corners, strict=True)
+        return min(xs), min(ys), max(xs), max(ys)
+
+
+def close_dataset(dataset):
+    """Flush and close a GDAL/OGR dataset: ``Close()`` from GDAL 3.8 on, where ``Destroy()`` is deprecated."""
+    getattr(dataset, "Close", dataset.Destroy)()
+
+
+def open_raster(path):
+    try:
+        dataset = gdal.Open(str(path))
+    except RuntimeError as error:
+        raise RasterInputError(f"GDAL cannot open {path}: {error}") from error
+    if dataset is None:
+        raise RasterInputError(f"GDAL cannot open {path}: {gdal.GetLastErrorMsg()}")
+    return dataset
+
+
+def dataset_grid(dataset):
+    transform = tuple(dataset.GetGeoTransform(can_return_null=True) or ())
+    if not transform:
+        raise RasterInputError(f"{dataset.GetDescription()} has no geotransform: georeference it first "
+                               "(Raster > Georeferencer) so the result can be placed on the map")
+    if transform[1] * transform[5] - transform[2] * transform[4] == 0:
+        raise RasterInputError(f"{dataset.GetDescription()} has a degenerate geotransform {transform} (zero pixel "
+                               "area): georeference it again (Raster > Georeferencer)")
+    wkt = dataset.GetProjection()
+    if not wkt:
+        raise RasterInputError(f"{dataset.GetDescription()} has no CRS: assign one (Layer Properties > Source, or "
+                               "Raster > Projections > Assign Projection)")
+    return Grid(dataset.RasterXSize, dataset.RasterYSize, transform, wkt)
+
+
+def snap_window(grid, extent=None):
+    """The pixel window (col, row, cols, rows) covering ``extent`` (in the raster's CRS), snapped outwards; on a
+    rotated grid, the window covers the extent's four corners."""
+    if extent is None:
+        return 0, 0, grid.width, grid.height
+    xmin, ymin, xmax, ymax = extent
+    inverse = gdal.InvGeoTransform(grid.geotransform)
+    corners = [gdal.ApplyGeoTransform(inverse, x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
+    eps = 1e-6
+    cols = sorted(c for c, _ in corners)
+    rows = sorted(r for _, r in corners)
+    col0 = max(0, math.floor(cols[0] + eps))
+    col1 = min(grid.width, math.ceil(cols[-1] - eps))
+    row0 = max(0, math.floor(rows[0] + eps))
+    row1 = min(grid.height, math.ceil(rows[-1] - eps))
+    if col1 <= col0 or row1 <= row0:
+        raise RasterInputError(f"the extent {extent} does not overlap the raster (extent {grid.extent} in its own "
+                               "CRS): choose an extent inside the layer, or leave it empty for the whole layer")
+    return col0, row0, col1 - col0, row1 - row0
+
+
+def subgrid(grid, window, width=None, height=None):
+    """The grid of a pixel window, optionally resampled to ``width`` x ``height`` over the same pixels."""
+    col, row, cols, rows = window
+    _, a, b, _, d, e = grid.geotransform
+    width, height = width or cols, height or rows
+    x0, y0 = gdal.ApplyGeoTransform(grid.geotransform, col, row)
+    sx, sy = cols / width, rows / height
+    return Grid(width, height, (x0, a * sx, b * sy, y0, d * sx, e * sy), grid.srs_wkt)
+
+
+def default_bands(dataset):
+    """Bands tagged red, green, blue if there are; else 1, 2, 3; a one-band raster gives [1]."""
+    interp = {dataset.GetRasterBand(i).GetColorInterpretation(): i for i in range(1, dataset.RasterCount + 1)}
+    rgb = [interp.get(c) for c in (gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)]
+    if all(rgb):
+        return rgb
+    return [1] if dataset.RasterCount < 3 else [1, 2, 3]
+
+
+def check_bands(dataset, bands):
+    bands = [int(b) for b in (bands or default_bands(dataset))]
+    if len(bands) not in (1, 3):
+        raise RasterInputError(f"choose three bands (red, green, blue) or one band, not {len(bands)}: {bands}")
+    for band in bands:
+        if not 1 <= band <= dataset.RasterCount:
+            raise RasterInputError(f"band {band} does not exist: {dataset.GetDescription()} has "
+                                   f"{dataset.RasterCount} band(s), numbered from 1")
+    return bands
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """Per band (low, high) values mapped linearly to 0..255; ``None`` passes 8-bit data through unchanged."""
+
+    limits: tuple = None
+
+    def apply(self, data):
+        """data: (bands, h, w) in the source type -> uint8."""
+        if self.limits is None:
+            return data.astype(np.uint8, copy=False)
+        out = np.empty(data.shape, np.uint8)
+        for i, (low, high) in enumerate(self.limits):
+            scaled = (data[i].astype(np.float64) - low) * (255.0 / max(high - low, 1e-12))
+            out[i] = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round()
+        return out
+
+    def describe(self):
+        if self.limits is None:
+            return "8-bit bands used as they are"
+        ranges = ", ".join(f"{low:g}..{high:g}" for low, high in self.limits)
+        return (f"{STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g} % cumulative cut per band, from a "
+                f"{STRETCH_SAMPLE}-pixel overview: {ranges}")
+
+
+def robust_stretch(dataset, sample=STRETCH_SAMPLE):
+    """Computed once for the whole raster (never per block), from a reduced read that uses overviews when present."""
+    bands = [dataset.GetRasterBand(i) for i in range(1, dataset.RasterCount + 1)]
+    if all(b.DataType == gdal.GDT_Byte for b in bands):
+        return Stretch()
+    if any(b.DataType in COMPLEX_TYPES for b in bands):
+        raise RasterInputError(f"{dataset.GetDescription()} has complex (radar) bands, which the optical model cannot "
+                               "read: process it as SAR (SENSOR=sar or auto)")
+    factor = max(dataset.RasterXSize, dataset.RasterYSize) / sample
+    width = max(1, min(dataset.RasterXSize, round(dataset.RasterXSize / factor)))
+    height = max(1, min(dataset.RasterYSize, round(dataset.RasterYSize / factor)))
+    valid = read_valid(dataset, 0, 0, dataset.RasterXSize, dataset.RasterYSize, width, height)
+    limits = []
+    for band in bands:
+        values = band.ReadAsArray(buf_xsize=width, buf_ysize=height).astype(np.float64)[valid]
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            raise RasterInputError(f"{dataset.GetDescription()} has no valid pixels here (all nodata, masked or NaN)")
+        limits.append(tuple(float(v) for v in np.percentile(values, STRETCH_PERCENTILES)))
+    return Stretch(tuple(limits))
+
+
+def read_valid(dataset, col, row, cols, rows, width=None, height=None):
+    """True where every band of ``dataset`` is valid: nodata values, alpha and mask bands, and non-finite floats
+    (complex values with a non-finite part included)."""
+    valid = None
+    for i in range(1, dataset.RasterCount + 1):
+        band = dataset.GetRasterBand(i)
+        flags = band.GetMaskFlags()
+        if flags & gdal.GMF_ALL_VALID and band.DataType not in NON_FINITE_TYPES:
+            continue
+        mask = band.GetMaskBand().ReadAsArray(col, row, cols, rows, buf_xsize=width, buf_ysize=height) > 0
+        if band.DataType in NON_FINITE_TYPES:
+            mask &= np.isfinite(band.ReadAsArray(col, row, cols, rows, buf_xsize=width, buf_ysize=height))
+        valid = mask if valid is None else valid & mask
+    if valid is None:
+        valid = np.ones((height or rows, width or cols), bool)
+    return valid
+
+
+class RasterWriter:
+    """A tiled, compressed GeoTIFF written row by row under a temporary name; ``commit`` renames it into place."""
+
+    def __init__(self, path, grid, data_type, nodata, class_names=None, colors=None, description=""):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in (".tif", ".tiff"):
+            raise RasterInputError(f"raster outputs are GeoTIFF: name {self.path} with .tif")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.temp = temporary_sibling(self.path)
+        driver = gdal.GetDriverByName("GTiff")
+        self.dataset = driver.Create(str(self.temp), grid.width, grid.height, 1, data_type, GTIFF_OPTIONS)
+        self.dataset.SetGeoTransform(grid.geotransform)
+        self.dataset.SetProjection(grid.srs_wkt)
+        band = self.dataset.GetRasterBand(1)
+        band.SetNoDataValue(nodata)
+        if description:
+            band.SetDescription(description)
+        if class_names is not None:
+            table = gdal.ColorTable()
+            for index, color in enumerate(colors):
+                table.SetColorEntry(index, (*color, 255))
+            table.SetColorEntry(int(nodata), (0, 0, 0, 0))
+            band.SetRasterColorTable(table)
+            band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+            band.SetCategoryNames(list(class_names))
+
+    def write(self, row, array):
+        self.dataset.GetRasterBand(1).WriteArray(array, 0, row)
+
+    def close(self):
+        if self.dataset is not None:
+            self.dataset.FlushCache()
+            self.dataset = None
+
+    def temp_files(self):
+        return [self.temp, Path(f"{self.temp}.aux.xml")]
+
+    def commit(self):
+        self.close()
+        aux = Path(f"{self.temp}.aux.xml")
+        final_aux = Path(f"{self.path}.aux.xml")
+        if aux.exists():
+            os.replace(aux, final_aux)
+        elif final_aux.exists():
+            final_aux.unlink()
+        os.replace(self.temp, self.path)
+
+    def discard(self):
+        self.dataset = None
+        for path in self.temp_files():
+            if path.exists():
+                path.unlink()
+
+
+def category_names(band):
+    """The band's GDAL category names; GDAL 3.6's GeoTIFF band returns none until its .aux.xml has been loaded."""
+    band.GetDescription()
+    return list(band.GetCategoryNames() or [])
+
+
+def read_class_table(path, band=1):
+    """(class names, RGB colours) stored in a classified raster: GDAL category names and its colour table."""
+    dataset = open_raster(path)
+    raster_band = dataset.GetRasterBand(band)
+    names = category_names(raster_band)
+    table = raster_band.GetRasterColorTable()
+    if not names:
+        maximum = int(raster_band.ComputeRasterMinMax(False)[1])
+        names = [f"class {i}" for i in range(maximum + 1)]
+    if table is not None and table.GetCount() >= len(names):
+        colors = [tuple(table.GetColorEntry(i)[:3]) for i in range(len(names))]
+    else:
+        from .style import class_colors
+
+        colors = class_colors(names)
+    return names, colors

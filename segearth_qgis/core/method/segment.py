@@ -1,0 +1,66 @@
+"""The SegEarth-OV inference pipeline around any backend: resize, sliding windows, logit averaging, softmax, labels.
+
+A backend (torch here, ONNX later) turns normalised windows into GBA-corrected cosine logits at its feature
+resolution; everything geometric and every post-processing step lives here, in numpy, once for every entry point.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .resize import rescale_uint8, resize_bilinear
+from .windows import normalize, sliding_window_logits, whole_image_logits
+
+LOGIT_SCALE = 50.0
+
+
+@dataclass
+class SegmentationResult:
+    logits: np.ndarray          # (queries, H, W) float32: window-averaged GBA logits, before scale and softmax
+    probabilities: np.ndarray   # (classes, H, W) float32: softmax(50*logits) over queries, then max over synonyms
+    labels: np.ndarray          # (H, W) int64 class index
+
+
+def classify(logits, query_class, prob_threshold=0.0, background_index=0):
+    """Softmax at scale 50 over all queries, max over each class's synonyms, argmax, then the threshold rule."""
+    scaled = logits * np.float32(LOGIT_SCALE)
+    scaled -= scaled.max(axis=0, keepdims=True)
+    np.exp(scaled, out=scaled)
+    scaled /= scaled.sum(axis=0, keepdims=True)
+    num_classes = int(query_class.max()) + 1
+    if num_classes == len(query_class):
+        probabilities = scaled
+    else:
+        probabilities = np.stack([scaled[query_class == c].max(axis=0) for c in range(num_classes)])
+    labels = probabilities.argmax(axis=0)
+    labels[probabilities.max(axis=0) < prob_threshold] = background_index
+    return probabilities, labels
+
+
+def segment_image(model, rgb, vocabulary, prob_threshold=0.0, background_index=0, gba_lambda=0.3,
+                  resize_longer_side=448, window=224, stride=112, batch_size=4, progress=None, cancelled=None):
+    """Segment one uint8 HxWx3 RGB image the way the reference evaluates it; see ``SegmentationResult``.
+
+    ``resize_longer_side=None`` keeps the input size; ``window=None`` runs one whole-image pass instead of windows.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected a uint8 HxWx3 RGB array, got {rgb.dtype} {rgb.shape}: scale other data to "
+                         "8 bits and pick three bands first")
+    if not 0 <= background_index < len(vocabulary):
+        raise ValueError(f"background index {background_index} is not a class of this {len(vocabulary)}-class "
+                         "vocabulary")
+    height, width = rgb.shape[:2]
+    resized = rescale_uint8(rgb, resize_longer_side) if resize_longer_side else rgb
+    image = normalize(resized, model.image_mean, model.image_std)
+    text_features = model.text_features(vocabulary.queries)
+    if window:
+        logits = sliding_window_logits(model, image, text_features, gba_lambda, window, stride, batch_size,
+                                       progress, cancelled)
+    else:
+        logits = whole_image_logits(model, image, text_features, gba_lambda)
+        if progress is not None:
+            progress(1, 1)
+    logits = resize_bilinear(logits, height, width)
+    probabilities, labels = classify(logits, vocabulary.query_class, prob_threshold, background_index)
+    return SegmentationResult(logits=logits, probabilities=probabilities, labels=labels)

@@ -1,0 +1,66 @@
+"""The one place that knows both backends: a bundle (folder or zip) to a model that ``segment_image`` and the
+pipeline accept, on onnxruntime or torch, with what actually runs reported (like open_clip's factory)."""
+
+from ..common.choices import BACKENDS
+from .bundle import BundleError, resolve_bundle, verify_bundle
+from .sessions import DeviceUnavailable, RuntimeReport
+from .store import default_bundle
+
+
+def load_model(path=None, modality="optical", backend="auto", device="auto"):
+    """``load_bundle`` of ``path``, or of the installed default model for ``modality`` when ``path`` is empty."""
+    return load_bundle(path or default_bundle(modality), backend, device)
+
+
+def load_bundle(path, backend="auto", device="auto"):
+    """A model ``segment_image`` accepts, from a bundle folder or zip; its ``runtime`` says what actually runs.
+
+    ``backend``: ``onnx`` (onnxruntime), ``torch`` (needs the bundle's checkpoints) or ``auto`` (onnx, else torch
+    when onnxruntime is missing or fails, with the reason in the report). ``device``: ``auto``, ``cuda`` or ``cpu``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    folder = resolve_bundle(path)
+    manifest = verify_bundle(folder)
+    if backend == "torch":
+        return _load_torch(folder, manifest, device, "")
+    try:
+        from .onnx_backend import OnnxModel
+
+        return OnnxModel(folder, manifest, device)
+    except ImportError as error:
+        if backend == "onnx" or not manifest.get("torch"):  # nothing else could run it: onnxruntime is what is missing
+            raise
+        return _load_torch(folder, manifest, device, f"auto: onnxruntime unavailable ({error})")
+
+
+def _load_torch(folder, manifest, device, note):
+    checkpoints = manifest.get("torch")
+    if not checkpoints:
+        raise BundleError(f"bundle {folder.name} was exported without checkpoints, so it cannot run on the torch "
+                          "backend: use the onnx backend, or export it again without --no-checkpoints")
+    try:
+        import torch
+
+        from ..method.torch_model import load_model_from_checkpoints
+    except ImportError as error:
+        if not note:  # the torch backend was asked for
+            raise
+        raise ImportError("neither onnxruntime nor torch can run here: install onnxruntime (pip install "
+                          "onnxruntime-gpu, or onnxruntime on machines without an NVIDIA GPU)",
+                          name="onnxruntime") from error
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable("CUDA was requested but torch sees no usable CUDA GPU here: choose device 'cpu' or "
+                                "'auto'")
+    upsampler = checkpoints.get("upsampler")
+    model = load_model_from_checkpoints(clip=folder / checkpoints["clip"],
+                                        upsampler=folder / upsampler if upsampler else None,
+                                        arch=str(folder / checkpoints["arch"]),
+                                        quick_gelu=manifest["activation"] == "quick_gelu",
+                                        attention=manifest["attention"], last_n=manifest["last_n"], device=device)
+    model.runtime = RuntimeReport("torch", device, [f"torch:{device}"], f"torch {torch.__version__}", note)
+    model.manifest = manifest
+    model.bundle = folder
+    return model

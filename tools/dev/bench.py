@@ -1,0 +1,320 @@
+"""Benchmarks that print figures: speed (the official order against our backends), parity on CUDA, and memory of the
+streaming pipeline on large rasters.
+
+Each measured run has its own process, so its peak RSS is its own (model loading included) and no run inherits
+another's caches; the export that makes the bundle also runs apart and is not timed.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BATCH = {"cpu": {"reference_order": 1, "torch": 4, "onnx": 4},   # device: implementation: windows per batch
+         "cuda": {"reference_order": 1, "torch": 16, "onnx": 16}}
+VOCABULARY = "background\nbuilding,roof\nroad\nwater,river\ntree,forest\nfield,grass"
+
+
+class ReferenceOrder:
+    """Runs a torch model in the official order (SimFeatUp at full width, 1x1 conv at full resolution)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.patch_size, self.image_mean, self.image_std = model.patch_size, model.image_mean, model.image_std
+
+    def text_features(self, queries):
+        return self.model.text_features(queries)
+
+    def window_logits(self, windows, text_features, gba_lambda):
+        return self.model.reference_order_window_logits(windows, text_features, gba_lambda)
+
+
+def _prepare(folder, arch):
+    from segearth_qgis.core.runtime.export import export_bundle
+
+    from .random_model import write_random_checkpoints
+
+    checkpoints = write_random_checkpoints(folder / "weights", arch=arch, quick_gelu=True, seed=0)
+    export_bundle(checkpoints["clip"], checkpoints["upsampler"], checkpoints["arch"], folder / "bundle",
+                  keep_checkpoints=False, log=lambda _: None)
+    (folder / "checkpoints.json").write_text(json.dumps(checkpoints))
+
+
+def _load(folder, name, device):
+    """The model of one implementation, and the runtime that actually runs it."""
+    from segearth_qgis.core.runtime.loader import load_bundle
+
+    if name == "onnx":
+        model = load_bundle(folder / "bundle", backend="onnx", device=device)
+        return model, str(model.runtime)
+    from segearth_qgis.core.method.torch_model import load_model_from_checkpoints
+
+    model = load_model_from_checkpoints(**json.loads((folder / "checkpoints.json").read_text()), device=device)
+    return (ReferenceOrder(model) if name == "reference_order" else model), f"torch {device}"
+
+
+def _gpu_memory(name):
+    """Peak GPU memory of this process in bytes (torch's allocator, or NVML for onnxruntime), None if unknown."""
+    if name != "onnx":
+        import torch
+
+        return torch.cuda.max_memory_reserved()
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        used = [p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid == os.getpid()]
+        return used[0] if used else None
+    except Exception:
+        return None
+
+
+def _run(folder, name, size, runs, device, longer_side):
+    from segearth_qgis.core.method.segment import segment_image
+    from segearth_qgis.core.method.vocabulary import Vocabulary
+
+    from .synthetic import synthetic_scene
+
+    model, runtime = _load(folder, name, device)
+    vocab = Vocabulary.parse(VOCABULARY)
+    rgb = synthetic_scene(size, size, seed=1)
+    batch = BATCH[device][name]
+    if device == "cuda":  # cuDNN/cuBLAS choices and the allocators settle on the first full run
+        segment_image(model, rgb, vocab, resize_longer_side=longer_side, batch_size=batch)
+    else:  # numba compiles on the first window
+        segment_image(model, rgb[:224, :224], vocab, resize_longer_side=None, batch_size=batch)
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = segment_image(model, rgb, vocab, resize_longer_side=longer_side, batch_size=batch)
+        best = min(best, time.perf_counter() - start)
+    np.save(folder / f"{name}.npy", result.labels)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": best, "peak_rss": peak, "runtime": runtime,
+                      "gpu_memory": _gpu_memory(name) if device == "cuda" else None}))
+
+
+def _worker(*args):
+    run = subprocess.run([sys.executable, "-m", __name__, "worker", *map(str, args)], capture_output=True,
+                         text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"benchmark step {args[0]} failed:\n{run.stderr[-3000:]}")
+    return run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+
+
+def speed(arch="ViT-B-16", size=448, runs=1, device="cpu", longer_side=448, log=print):
+    """Prints the speed table; ``longer_side`` 0 keeps the image's size (more windows, for GPU throughput)."""
+    from segearth_qgis.core.method.resize import rescale_size
+    from segearth_qgis.core.method.vocabulary import Vocabulary
+    from segearth_qgis.core.method.windows import window_boxes
+
+    side = longer_side or size
+    windows = len(window_boxes(*rescale_size(size, size, side), 224, 112))
+    batches = BATCH[device]
+    with tempfile.TemporaryDirectory(prefix="segearth-bench-") as tmp:
+        folder = Path(tmp)
+        log(f"building a seeded random {arch} model and exporting its bundle (not timed) ...")
+        _worker("prepare", folder, arch)
+        results = {}
+        for name in batches:
+            log(f"running {name} on {device} ...")
+            results[name] = json.loads(_worker("run", folder, name, size, runs, device, side))
+            results[name]["labels"] = np.load(folder / f"{name}.npy")
+    reference = results["reference_order"]
+    log(f"{arch} (seeded random weights), {size}x{size} synthetic image -> {side} on the longer side, {windows} "
+        f"windows of 224, {len(Vocabulary.parse(VOCABULARY).queries)} queries, {device.upper()} float32, "
+        f"best of {runs}")
+    memory = f"{'GPU memory':>12}" if device == "cuda" else ""
+    log(f"{'implementation':<17}{'batch':>6}{'windows/s':>11}{'s/image':>10}{'peak RSS':>11}{memory}"
+        f"{'labels = (a)':>14}  runtime")
+    equal = {}
+    for name, result in results.items():
+        equal[name] = 100.0 * float((result["labels"] == reference["labels"]).mean())
+        gpu = result["gpu_memory"]
+        gpu = "" if device != "cuda" else f"{'n/a' if gpu is None else f'{gpu / 2 ** 30:.2f} GB':>12}"
+        log(f"{name:<17}{batches[name]:>6}{windows / result['seconds']:>11.2f}{result['seconds']:>10.2f}"
+            f"{result['peak_rss'] / 2 ** 30:>9.2f} GB{gpu}{equal[name]:>13.2f}%  {result['runtime']}")
+    log(f"speed: onnx_vs_reference_order={reference['seconds'] / results['onnx']['seconds']:.2f} "
+        f"torch_vs_reference_order={reference['seconds'] / results['torch']['seconds']:.2f} "
+        f"labels_equal={min(equal['onnx'], equal['torch']):.2f}%")
+    return 0
+
+
+def parity(arch="ViT-B-16", size=448, log=print):
+    """ONNX and torch on CUDA against ONNX on the CPU, on one seeded model: logits, labels and text features; also
+    what TF32 and an fp16 encoder would change (neither is used by the backends)."""
+    import torch
+
+    from segearth_qgis.core.method.segment import segment_image
+    from segearth_qgis.core.method.vocabulary import Vocabulary
+    from segearth_qgis.core.runtime import sessions as runtime
+
+    from .synthetic import synthetic_scene
+
+    vocab = Vocabulary.parse(VOCABULARY)
+    rgb = synthetic_scene(size, size, seed=1)
+    with tempfile.TemporaryDirectory(prefix="segearth-parity-") as tmp:
+        folder = Path(tmp)
+        log(f"building a seeded random {arch} model and exporting its bundle ...")
+        _worker("prepare", folder, arch)
+        baseline, _ = _load(folder, "onnx", "cpu")
+        expected = segment_image(baseline, rgb, vocab)
+        text = baseline.text_features(vocab.queries)
+        log(f"{arch} (seeded random weights), {size}x{size} -> 448, against onnx on cpu ({baseline.runtime})")
+        log(f"{'variant':<26}{'max |logit diff|':>18}{'labels equal':>14}{'max |text diff|':>17}  runtime")
+
+        def compare(label, loaded):
+            model, runtime_text = loaded
+            result = segment_image(model, rgb, vocab, batch_size=16)
+            logits = float(np.abs(result.logits - expected.logits).max())
+            labels = 100.0 * float((result.labels == expected.labels).mean())
+            text_diff = float(np.abs(model.text_features(vocab.queries) - text).max())
+            log(f"{label:<26}{logits:>18.2e}{labels:>13.3f}%{text_diff:>17.2e}  {runtime_text}")
+
+        compare("onnx cuda", _load(folder, "onnx", "cuda"))
+        torch_cuda, torch_runtime = _load(folder, "torch", "cuda")
+        compare("torch cuda", (torch_cuda, torch_runtime))
+        compare("torch cpu", _load(folder, "torch", "cpu"))
+        plain = torch_cuda.encode_windows
+
+        def half_encoder(x, pos_grid=None):
+            with torch.autocast("cuda", dtype=torch.float16):
+                return plain(x, pos_grid)
+
+        torch_cuda.encode_windows = half_encoder
+        compare("torch cuda, fp16 encoder", (torch_cuda, torch_runtime))
+        torch_cuda.encode_windows = plain
+        runtime.CUDA_PROVIDER_OPTIONS["use_tf32"] = "1"
+        runtime.SESSIONS.release(folder)
+        try:
+            compare("onnx cuda, TF32", _load(folder, "onnx", "cuda"))
+        finally:
+            runtime.CUDA_PROVIDER_OPTIONS["use_tf32"] = "0"
+            runtime.SESSIONS.release(folder)
+    return 0
+
+
+MEMORY_SIDES = (2000, 8000, 20000)
+MEMORY_TILE = 1000
+
+
+def _mosaic_vrt(tile_path, side, path):
+    """A ``side`` x ``side`` VRT that repeats one 0.5 m GeoTIFF tile: a large raster that costs no disk."""
+    from osgeo import gdal
+
+    tile = gdal.Open(str(tile_path))
+    x0, dx, _, y0, _, dy = tile.GetGeoTransform()
+    vrt = gdal.GetDriverByName("VRT").Create(str(path), side, side, 0)
+    vrt.SetGeoTransform((x0, dx, 0.0, y0, 0.0, dy))
+    vrt.SetProjection(tile.GetProjection())
+    for band_index in range(1, 4):
+        vrt.AddBand(gdal.GDT_Byte)
+        sources = []
+        for row in range(0, side, MEMORY_TILE):
+            for col in range(0, side, MEMORY_TILE):
+                width, height = min(MEMORY_TILE, side - col), min(MEMORY_TILE, side - row)
+                sources.append(f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{tile_path}</SourceFilename>"
+                               f"<SourceBand>{band_index}</SourceBand>"
+                               f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{width}\" ySize=\"{height}\"/>"
+                               f"<DstRect xOff=\"{col}\" yOff=\"{row}\" xSize=\"{width}\" ySize=\"{height}\"/>"
+                               "</SimpleSource>")
+        band = vrt.GetRasterBand(band_index)
+        band.SetColorInterpretation(gdal.GCI_RedBand + band_index - 1)
+        band.SetMetadata({f"source_{i}": xml for i, xml in enumerate(sources)}, "new_vrt_sources")
+    vrt.FlushCache()
+    return path
+
+
+def _prepare_memory(folder):
+    from .synthetic import write_scene_geotiff
+
+    _prepare(folder, "tiny")
+    write_scene_geotiff(folder / "tile.tif", MEMORY_TILE, MEMORY_TILE, seed=2, origin=(500000.0, 5600000.0))
+    for side in MEMORY_SIDES:
+        _mosaic_vrt(folder / "tile.tif", side, folder / f"mosaic_{side}.vrt")
+
+
+def _run_memory(folder, side, resolution):
+    from segearth_qgis.core.method.vocabulary import Vocabulary
+    from segearth_qgis.core.pipeline import SegmentOptions, SegmentOutputs, segment_raster
+    from segearth_qgis.core.runtime.loader import load_bundle
+
+    model = load_bundle(folder / "bundle", backend="onnx", device="cpu")
+    options = SegmentOptions(vocabulary=Vocabulary.parse(VOCABULARY), resolution=resolution)
+    start = time.perf_counter()
+    result = segment_raster(model, str(folder / f"mosaic_{side}.vrt"),
+                            SegmentOutputs(str(folder / f"classes_{side}.tif")), options)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "peak_rss": peak, "windows": result.windows,
+                      "processing": list(result.processing_size)}))
+
+
+def memory(resolution=5.0, log=print):
+    """Peak RSS and time of the streaming pipeline on mosaics of 2000^2, 8000^2 and 20000^2 pixels of 0.5 m,
+    processed at ``resolution`` metres with the tiny random model; classes are written on the input's grid."""
+    from segearth_qgis.core.method.vocabulary import Vocabulary
+
+    with tempfile.TemporaryDirectory(prefix="segearth-memory-") as tmp:
+        folder = Path(tmp)
+        log("building the tiny random bundle and the mosaics (not timed) ...")
+        _worker("prepare-memory", folder)
+        queries = len(Vocabulary.parse(VOCABULARY).queries)
+        log(f"tiny random model, onnx on cpu, {queries} queries, 0.5 m RGB VRT mosaics processed at {resolution:g} m, "
+            "classes written at 0.5 m (uint8 GeoTIFF, DEFLATE); GDAL block cache held to 256 MB")
+        log(f"{'input pixels':>16}{'processed':>13}{'windows':>9}{'seconds':>9}{'peak RSS':>11}")
+        for side in MEMORY_SIDES:
+            result = json.loads(_worker("run-memory", folder, side, resolution))
+            processed = "x".join(str(v) for v in result["processing"])
+            log(f"{f'{side}x{side}':>16}{processed:>13}{result['windows']:>9}{result['seconds']:>9.1f}"
+                f"{result['peak_rss'] / 2 ** 30:>9.2f} GB")
+    return 0
+
+
+def worker(step, folder, rest):
+    """One measured or preparing step in its own process (``_worker``)."""
+    if step == "prepare":
+        _prepare(folder, rest[0])
+    elif step == "prepare-memory":
+        _prepare_memory(folder)
+    elif step == "run-memory":
+        _run_memory(folder, int(rest[0]), float(rest[1]))
+    else:
+        name, size, runs, device, longer_side = rest
+        _run(folder, name, int(size), int(runs), device, int(longer_side))
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="build.py bench", description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["speed", "parity", "memory", "worker"],
+                        help="speed: the three implementations; parity: CUDA against the CPU (needs a GPU); memory: "
+                             "the streaming pipeline on rasters up to 20000x20000; worker: one internal step")
+    parser.add_argument("--arch", default="ViT-B-16")
+    parser.add_argument("--size", type=int, default=448, help="side of the square test image")
+    parser.add_argument("--runs", type=int, default=1, help="timed runs per implementation (best is kept)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--resolution", type=float, default=5.0, help="memory: processing resolution in metres")
+    parser.add_argument("--longer-side", type=int, default=448,
+                        help="the image is resized to this longer side first, as the reference does; 0 keeps it")
+    parser.add_argument("step", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.what == "worker":
+        return worker(args.step[0], Path(args.step[1]), args.step[2:])
+    if args.what == "parity":
+        return parity(args.arch, args.size)
+    if args.what == "memory":
+        return memory(args.resolution)
+    return speed(args.arch, args.size, args.runs, args.device, args.longer_side)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
