@@ -7,6 +7,7 @@ from .environment import ROOT, run_in_env, say
 from .qgis340 import test_qgis340
 from .wheels import offline_wheels
 
+
 def lint(venv):
     return run_in_env(venv, [str(venv / "bin" / "ruff"), "check", str(ROOT)])
 
