@@ -1,5 +1,7 @@
-"""The plugin's pipeline from a terminal, without QGIS: segment, evaluate, export, models and train-sar (build.py runs
-them in the project's environment; ``python -m segearth_qgis.cli COMMAND --help``)."""
+"""The plugin's pipeline from a terminal, without QGIS: segment, evaluate, export, models and train-sar.
+
+build.py runs them in the project's environment; ``python -m segearth_qgis.cli COMMAND --help``.
+"""
 
 import argparse
 import sys

@@ -73,7 +73,7 @@ def tiny_bundle(tiny_checkpoints, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_sar_bundle(tiny_checkpoints, tmp_path_factory):
-    """The tiny model exported as a SAR bundle with the SAR settings of method.md §3 (GELU, SCLIP on the last 2
+    """The tiny model exported as a SAR bundle with the SAR settings of docs/method.md §3 (GELU, SCLIP on the last 2
     blocks, λ 0.3)."""
     from segearth_qgis.core.runtime.export import export_bundle
 

@@ -19,7 +19,7 @@ from ..core.common.feedback import Feedback
 from ..core.common.resources import resource_path
 
 MODEL_DIR_SETTING = "SEGEARTH_MODEL_DIR"  # Options > Processing > Providers > SegEarth-OV > Model folder
-MISSING_RUNTIME_LISTENERS = []  # the desktop's install prompt (dependency_prompt.py) registers here
+MISSING_RUNTIME_LISTENERS = []  # the desktop's install prompt (gui/install_prompt.py) registers here
 
 
 class SegEarthAlgorithm(QgsProcessingAlgorithm):
@@ -97,7 +97,7 @@ def _importable(module):
 
 
 def runtime_root():
-    """This QGIS profile's runtime folder for the running Python (see core/dependencies.py)."""
+    """This QGIS profile's runtime folder for the running Python (see core/setup/dependencies.py)."""
     from ..core.setup.dependencies import runtime_root as root
 
     return root(QgsApplication.qgisSettingsDirPath())

@@ -1,4 +1,7 @@
-"""`build.py`'s commands: each maps onto the module that does the work; the CLI commands run in the venv."""
+"""Set up, test, lint, package and demo SegEarth-OV for QGIS, and run its commands in the project's environment.
+
+Each command maps onto the module of tools/build/ that does the work; the CLI commands run in the venv.
+"""
 
 import argparse
 import subprocess

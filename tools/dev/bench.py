@@ -1,5 +1,4 @@
-"""Benchmarks that print figures: speed (the official order against our backends), parity on CUDA, and memory of the
-streaming pipeline on large rasters.
+"""Benchmarks that print figures: speed (the official order against our backends), parity on CUDA, pipeline memory.
 
 Each measured run has its own process, so its peak RSS is its own (model loading included) and no run inherits
 another's caches; the export that makes the bundle also runs apart and is not timed.

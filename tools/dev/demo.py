@@ -1,5 +1,8 @@
-"""The demo's two steps around `segearth:segment` in qgis_process (build.py demo): a generated GeoTIFF and its model
-before, a PNG preview after. A smoke bundle of seeded random weights stands in when no real model is installed."""
+"""The demo's steps before and after `segearth:segment` runs in qgis_process (build.py demo): prepare, preview.
+
+prepare writes a generated GeoTIFF and picks its model, preview draws the PNG. A smoke bundle of seeded random weights
+stands in when no real model is installed.
+"""
 
 import argparse
 import json

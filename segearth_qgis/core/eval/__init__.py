@@ -1,0 +1,1 @@
+"""Scores against reference labels, as the papers measure them."""

@@ -1,0 +1,1 @@
+"""GDAL rasters and vectors for the pipeline: reads, SAR inputs, ground units, polygons and styles."""

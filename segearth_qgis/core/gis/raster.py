@@ -1,7 +1,7 @@
-"""Raster I/O for the streaming pipeline, all through GDAL: grids, bands, the 8-bit stretch, resampled reads, outputs.
+"""The GDAL primitives the pipeline stands on: grids and windows, bands, the 8-bit stretch, validity, outputs.
 
-The input is never modified: every read goes through in-memory VRTs (band subset, window, warp to the processing
-resolution), and every output is written under a temporary name beside its destination and renamed at the end.
+Reading through VRTs is source.py's job; every output here is written under a temporary name beside its destination
+and renamed at the end.
 """
 
 import contextlib

@@ -1,7 +1,7 @@
-"""The SegEarth-OV inference pipeline around any backend: resize, sliding windows, logit averaging, softmax, labels.
+"""One image through SegEarth-OV as the reference evaluates it: resize, normalise, windows, then logits to labels.
 
-A backend (torch here, ONNX later) turns normalised windows into GBA-corrected cosine logits at its feature
-resolution; everything geometric and every post-processing step lives here, in numpy, once for every entry point.
+A backend (torch_model.py here, or runtime/'s ONNX one) turns normalised windows into GBA-corrected cosine logits;
+the resize, the windows (windows.py) and the post-processing run in numpy, the same for every entry point.
 """
 
 from dataclasses import dataclass

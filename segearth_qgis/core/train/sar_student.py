@@ -1,6 +1,6 @@
 """AlignEarth-style distillation of a SAR student from a frozen optical CLIP on co-registered raster pairs.
 
-The official training code is unpublished (method.md §3.1-3.3); the losses follow the method figure and the rest is
+The official training code is unpublished (docs/method.md §3.1-3.3); the losses follow the method figure and the rest is
 our documented choice:
 
 - The student starts as a copy of the teacher's visual tower; only the student is trained, the teacher is frozen.
@@ -225,7 +225,7 @@ def _save_atomically(torch, payload, path):
 def train_sar_student(optical_path, sar_path, teacher, out_dir, settings=None, feedback=None, export=True):
     """Train (or resume) a SAR student in ``out_dir`` and write a SAR bundle there; returns a ``TrainResult``.
 
-    ``teacher``: a ``Teacher`` or an optical bundle path. ``feedback``: a pipeline ``Feedback`` (progress, cancel,
+    ``teacher``: a ``Teacher`` or an optical bundle path. ``feedback``: a ``Feedback`` (progress, cancel,
     log). A checkpoint is written every ``checkpoint_every`` steps, at the end and on cancel (then ``Cancelled`` is
     raised); a later call with the same folder continues from it.
     """

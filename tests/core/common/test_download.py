@@ -1,4 +1,4 @@
-"""core.download against a real HTTP server on 127.0.0.1: mirrors, resume, timeouts, redirects, hashes, cancel."""
+"""common/download.py against a real HTTP server on 127.0.0.1: mirrors, resume, timeouts, redirects, hashes, cancel."""
 
 import hashlib
 import random

@@ -1,4 +1,4 @@
-"""Ground units (core.geo) and classified rasters to polygons (core.vectorize) on small GeoTIFFs made here."""
+"""Ground units (gis/geo.py) and classified rasters to polygons (gis/vectorize.py) on small GeoTIFFs made here."""
 
 import hashlib
 import math

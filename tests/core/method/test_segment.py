@@ -1,4 +1,4 @@
-"""The pipeline: window grid, post-processing on hand-made logits, and segment_image end to end on a tiny model."""
+"""segment_image: the window grid, post-processing on hand-made logits, and a tiny model end to end."""
 
 import numpy as np
 import pytest

@@ -189,7 +189,7 @@ def test_tokenizer_matches_open_clip():
 
 
 def test_vit_b16_sized_export_through_the_cli(tmp_path):
-    """A ViT-B/16-sized random model exported by `build.py export` (run apart: dynamo export holds GBs), then the
+    """A ViT-B/16-sized random model exported by the CLI's `export` (run apart: dynamo export holds GBs), then the
     ONNX backend against the torch reference order on a 224 x 224 window."""
     import torch
 
