@@ -69,7 +69,7 @@ def main(argv=None):
         return run_qgis(venv, strip_separator(args.qgis_args))
     if args.command == "package":
         try:
-            package(args.out)
+            package(args.out, venv)
         except SetupError as error:
             say(f"package failed: {error}")
             return 1

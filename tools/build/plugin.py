@@ -2,6 +2,7 @@
 and qgis_process with the staged plugin in an isolated profile."""
 
 import configparser
+import json
 import os
 import shutil
 import subprocess
@@ -18,20 +19,26 @@ PACKAGE_FORBIDDEN = {".so", ".pyd", ".dll", ".dylib", ".exe", ".bin", ".onnx", "
                      ".safetensors", ".pyc", ".zip", ".whl"}
 
 
-METADATA_REQUIRED = ["name", "qgisMinimumVersion", "description", "about", "version", "author"]
+# What plugins.qgis.org refuses an upload without.
+METADATA_REQUIRED = ["name", "qgisMinimumVersion", "description", "about", "version", "author", "email", "repository",
+                     "tracker"]
 
 
-METADATA_FOR_UPLOAD = ["email", "repository", "tracker"]
+TEXT_PROBE_BYTES = 8192
 
 
-def stage_plugin(destination):
-    """The installable plugin folder: ``segearth_qgis/`` with ``metadata.txt`` and ``resources/`` placed inside it."""
+def stage_plugin(destination, metadata=ROOT / "metadata.txt"):
+    """The installable plugin folder: ``segearth_qgis/`` with ``metadata.txt``, ``resources/``, ``LICENSE`` and
+    ``NOTICE`` placed inside it (``package`` refuses a folder without a licence)."""
     target = Path(destination) / "segearth_qgis"
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(ROOT / "segearth_qgis", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy2(ROOT / "metadata.txt", target / "metadata.txt")
+    shutil.copy2(metadata, target / "metadata.txt")
     shutil.copytree(ROOT / "resources", target / "resources")
+    for name in ("LICENSE", "NOTICE"):
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, target / name)
     return target
 
 
@@ -56,29 +63,71 @@ def run_qgis(venv, args):
     return subprocess.run(["qgis_process.bin", *args], env=env, cwd=ROOT).returncode
 
 
-def read_metadata():
+def read_metadata(path=ROOT / "metadata.txt"):
     parser = configparser.ConfigParser(interpolation=None)
-    parser.read(ROOT / "metadata.txt", encoding="utf-8")
+    parser.read(path, encoding="utf-8")
+    if not parser.has_section("general"):
+        raise SetupError(f"{path} has no [general] section")
     return parser["general"]
 
 
-def package(out_dir):
-    """The plugin zip for the plugin manager: staged folder, metadata checked, no binaries, at most 25 MB."""
-    metadata = read_metadata()
-    missing = [key for key in METADATA_REQUIRED if not metadata.get(key, "").strip()]
-    if missing:
-        raise SetupError(f"metadata.txt lacks {', '.join(missing)}")
-    for key in METADATA_FOR_UPLOAD:
-        if not metadata.get(key, "").strip():
-            say(f"note: metadata.txt has no {key}; plugins.qgis.org needs one before an upload")
+def binaries(staged, icon):
+    """Files plugins.qgis.org would take for binaries: by extension, or a NUL byte in the first 8 kB; the icon the
+    metadata names may be an image."""
+    found = []
+    for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+        if path.suffix.lower() in PACKAGE_FORBIDDEN:
+            found.append(path)
+        elif path != icon:
+            with open(path, "rb") as file:
+                if b"\0" in file.read(TEXT_PROBE_BYTES):
+                    found.append(path)
+    return [path.relative_to(staged.parent).as_posix() for path in found]
+
+
+def bandit(venv, staged):
+    """Bandit over the staged Python: (medium/high findings as 'file:line test: text', low count, findings skipped
+    by a ``# nosec`` comment)."""
+    executable = Path(venv) / "bin" / "bandit"
+    if not executable.is_file():
+        raise SetupError(f"{executable} is missing: python3 build.py setup installs it (requirements/dev.txt)")
+    run = subprocess.run([str(executable), "-r", "-q", "-f", "json", staged.name], cwd=staged.parent,
+                         env=project_env(venv), capture_output=True, text=True)
+    try:
+        report = json.loads(run.stdout)
+    except json.JSONDecodeError:
+        raise SetupError(f"bandit exited with {run.returncode} without a report:\n{run.stderr[-2000:]}") from None
+    if report["errors"]:
+        raise SetupError("bandit could not read " + "; ".join(f"{e['filename']}: {e['reason']}"
+                                                               for e in report["errors"]))
+    serious = [f"{r['filename']}:{r['line_number']} {r['test_id']}: {r['issue_text']}"
+               for r in report["results"] if r["issue_severity"] in ("MEDIUM", "HIGH")]
+    low = sum(r["issue_severity"] == "LOW" for r in report["results"])
+    totals = report["metrics"]["_totals"]
+    return serious, low, totals["nosec"] + totals["skipped_tests"]  # bare '# nosec', and '# nosec BXXX
+
+
+def package(out_dir, venv, metadata=ROOT / "metadata.txt"):
+    """The plugin zip for plugins.qgis.org, refused (SetupError) unless the upload checks pass: the required
+    metadata, a licence, no binaries, no medium or high Bandit finding, at most 25 MB."""
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="segearth-package-") as work:
-        staged = stage_plugin(work)
-        forbidden = [p for p in staged.rglob("*") if p.suffix.lower() in PACKAGE_FORBIDDEN]
-        if forbidden:
-            raise SetupError(f"binaries do not belong in the plugin zip: {', '.join(map(str, forbidden))}")
+        staged = stage_plugin(work, metadata)
+        fields = read_metadata(staged / "metadata.txt")
+        missing = [key for key in METADATA_REQUIRED if not fields.get(key, "").strip()]
+        if missing:
+            raise SetupError(f"metadata.txt lacks {', '.join(missing)}: plugins.qgis.org requires them")
+        if not (staged / "LICENSE").is_file():
+            raise SetupError(f"no LICENSE in the staged plugin: plugins.qgis.org requires one ({ROOT / 'LICENSE'})")
+        found = binaries(staged, staged / fields.get("icon", "").strip())
+        if found:
+            raise SetupError(f"binaries do not belong in the plugin zip: {', '.join(found)}")
+        serious, low, nosec = bandit(venv, staged)
+        if serious:
+            raise SetupError(f"bandit: {len(serious)} medium/high finding(s); fix each, or mark it "
+                             "'# nosec BXXX: reason' where it is safe:\n  " + "\n  ".join(serious))
         out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / f"segearth_qgis-{metadata['version']}.zip"
+        target = out_dir / f"segearth_qgis-{fields['version']}.zip"
         temp = target.with_suffix(".zip.partial")
         with zipfile.ZipFile(temp, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(staged.rglob("*")):
@@ -88,5 +137,6 @@ def package(out_dir):
             temp.unlink()
             raise SetupError(f"the plugin zip would be {size / 2**20:.1f} MB, over the 25 MB limit")
         os.replace(temp, target)
-    say(f"package: {target} ({size / 1024:.0f} kB, version {metadata['version']})")
+    say(f"package: {target} ({size / 1024:.0f} kB, version {fields['version']}); metadata, licence, no binaries; "
+        f"bandit: 0 medium/high, {low} low, {nosec} skipped by # nosec")
     return target

@@ -124,7 +124,7 @@ def load_restricted(path, map_location="cpu"):
 
     if _is_torchscript(path):
         raise RuntimeError("a TorchScript archive, which torch.load would run through torch.jit.load")
-    state = torch.load(path, map_location=map_location, weights_only=False, pickle_module=restricted_pickle)
+    state = torch.load(path, map_location=map_location, weights_only=False, pickle_module=restricted_pickle)  # nosec B614: RestrictedUnpickler resolves allow-listed globals only
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -586,7 +586,7 @@ def _install(root, profile, gpu, wheels, index_url, proxies, feedback, python):
             feedback.info(note)
         pins = qgis_constraints(root, plan.requirements)
         site = Path(tempfile.mkdtemp(prefix=f"env-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
-        os.chmod(site, 0o755)  # others may share a SEGEARTH_RUNTIME_DIR; mkdtemp makes it private
+        os.chmod(site, 0o755)  # nosec B103: others may share a SEGEARTH_RUNTIME_DIR (read, never write); mkdtemp makes it private
         (site / INCOMPLETE).write_text(f"{os.getpid()}\n")
         result = _install_into(site, scratch, root, plan, pins, python, folder, index_url, proxies, feedback)
         (site / INCOMPLETE).unlink()

@@ -266,7 +266,7 @@ def train_sar_student(optical_path, sar_path, teacher, out_dir, settings=None, f
     before = None
     rng = np.random.default_rng(settings.seed)
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         if state["run"] != run_key:
             raise RasterInputError(f"{checkpoint_path} belongs to another run (other rasters, teacher, window or "
                                    "polarisation): choose an empty output folder, or remove it to start again")
