@@ -154,7 +154,7 @@ def models(args):
     return 0
 
 
-def train_sar(args):
+def train_sar(args: argparse.Namespace) -> int:
     """segearth:train_sar_student without QGIS: a SAR student distilled from an optical teacher bundle."""
     from .core.common.feedback import Cancelled
     from .core.gis.raster import RasterInputError
