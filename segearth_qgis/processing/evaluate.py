@@ -83,13 +83,8 @@ class EvaluateAlgorithm(SegEarthAlgorithm):
         import json
 
         from ..core.common.feedback import Cancelled
-        from ..core.eval.evaluate import (
-            ConfusionMatrix,
-            EvaluationReport,
-            LabelEncoding,
-            report_classes,
-            score_classified_raster,
-        )
+        from ..core.eval.classified import score_classified_raster
+        from ..core.eval.metric import ConfusionMatrix, EvaluationReport, LabelEncoding, report_classes
         from ..core.gis.raster import LABEL_NODATA, read_class_table
         from ..core.method.presets import load_preset
         from .segment import gdal_path, optional_value
