@@ -8,8 +8,9 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from ..common.feedback import Feedback, as_feedback
-from ..gis.raster import GTIFF_OPTIONS, RasterInputError, open_raster, read_valid
-from .metric import IGNORED, ConfusionMatrix, LabelEncoding, LabelError
+from ..gis.raster import GTIFF_OPTIONS, LABEL_NODATA, RasterInputError, open_raster, read_class_table, read_valid
+from ..method.presets import load_preset
+from .metric import IGNORED, ConfusionMatrix, EvaluationReport, LabelEncoding, LabelError, report_classes
 
 BLOCK_PIXELS = 1 << 22        # pixels per block when a classified raster is scored in strips
 
@@ -135,3 +136,39 @@ def rasterize_polygons(predictions: gdal.Dataset, path: Path | str, class_field:
     gdal.RasterizeLayer(labels, [1], burnt, options=["ATTRIBUTE=class"])
     return labels
 
+
+def score_against_reference(classified: Path | str, reference: Path | str, preset_name: str | None = None,
+                            label_map: str | None = None, ignore_index: int | None = None,
+                            reduce_zero_label: bool = False, class_field: str | None = None,
+                            layer_name: str | None = None, feedback: Feedback | None = None) -> EvaluationReport:
+    """The report of classified raster ``classified`` against ``reference`` (see ``score_classified_raster``), as
+    segearth:evaluate gives it; its table goes to the log.
+
+    The classes are the preset's, else the classified raster's categories (less a trailing 'unclassified'); the
+    ignore index defaults to the preset's, else 255; ``reduce_zero_label`` True or the preset's turns it on. A
+    reference that marks no pixel to score is a LabelError.
+    """
+    feedback = as_feedback(feedback)
+    preset = load_preset(preset_name) if preset_name else None
+    names, aliases, background = report_classes(preset, category_names=read_class_table(classified)[0])
+    if ignore_index is None:
+        ignore_index = preset.ignore_index if preset else LABEL_NODATA
+    encoding = LabelEncoding(names, ignore_index, reduce_zero_label or bool(preset and preset.reduce_zero_label),
+                             label_map, aliases)
+    feedback.info(f"classes: {', '.join(names)}; ignore index {encoding.ignore_index}"
+                  f"{', reduce_zero_label' if encoding.reduce_zero_label else ''}")
+    confusion = score_classified_raster(classified, reference, encoding, feedback, class_field=class_field,
+                                        layer_name=layer_name)
+    if not confusion.counts.any():
+        raise LabelError(f"the reference labels no pixel of {classified} (all ignored, nodata or outside it): check "
+                         "its extent and CRS, the ignore index and the label map")
+    report = EvaluationReport(names, ConfusionMatrix(len(names)), background)
+    if preset:
+        report.title = preset.title
+    report.add_image(Path(classified).stem, confusion)
+    report.settings = {"classified": str(classified), "reference": str(reference), "class_field": class_field,
+                       "preset": preset_name, "ignore_index": encoding.ignore_index,
+                       "reduce_zero_label": encoding.reduce_zero_label, "label_map": encoding.label_map}
+    for line in report.table().splitlines():
+        feedback.info(line)
+    return report
