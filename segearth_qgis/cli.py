@@ -77,24 +77,24 @@ def segment(args):
     return 0
 
 
-def evaluate(args):
+def evaluate(args: argparse.Namespace) -> int:
     """Score the model on a labelled folder as the papers did; prints the table, writes JSON, CSV and a PNG."""
     from .core.common.feedback import Cancelled
-    from .core.eval.evaluate import evaluate_dataset
+    from .core.eval.dataset import EvaluationSettings, evaluate_dataset
     from .core.gis.raster import RasterInputError
     from .core.runtime.bundle import BundleError
     from .core.runtime.sessions import DeviceUnavailable
 
     feedback = console_feedback(args.quiet)
     out = Path(args.out)
+    settings = EvaluationSettings(
+        preset=args.preset, classes=args.classes.replace("\\n", "\n") if args.classes else None, model=args.model,
+        label_map=args.label_map, ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label,
+        label_suffix=args.label_suffix, split=args.split, resize_longer_side=args.resize, pipeline=args.pipeline,
+        resolution=args.resolution, save_predictions=args.save_predictions, backend=args.backend,
+        device=args.device)
     try:
-        report = evaluate_dataset(
-            args.images, args.labels, preset=args.preset,
-            classes=args.classes.replace("\\n", "\n") if args.classes else None, model=args.model,
-            label_map=args.label_map, ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label,
-            label_suffix=args.label_suffix, split=args.split, resize_longer_side=args.resize,
-            pipeline=args.pipeline, resolution=args.resolution,
-            save_predictions=args.save_predictions, backend=args.backend, device=args.device, feedback=feedback)
+        report = evaluate_dataset(args.images, args.labels, settings, feedback)
         print(report.table())
         written = report.write(out, out.with_suffix(".csv"), out.with_suffix(".png"), warn=feedback.warn)
     except (BundleError, DeviceUnavailable, RasterInputError, ValueError, ImportError) as error:
@@ -156,7 +156,7 @@ def models(args):
     return 0
 
 
-def train_sar(args):
+def train_sar(args: argparse.Namespace) -> int:
     """segearth:train_sar_student without QGIS: a SAR student distilled from an optical teacher bundle."""
     from .core.common.feedback import Cancelled
     from .core.gis.raster import RasterInputError

@@ -1,9 +1,9 @@
 """``segearth:evaluate``: IoU, mIoU and pixel accuracy of a classified raster against reference labels or polygons."""
 
-from pathlib import Path
-
 from qgis.core import (
+    QgsProcessingContext,
     QgsProcessingException,
+    QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
@@ -79,19 +79,12 @@ class EvaluateAlgorithm(SegEarthAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("PIXEL_ACCURACY", "Pixel accuracy (%)"))
         self.addOutput(QgsProcessingOutputString("REPORT", "Report (JSON text)"))
 
-    def processAlgorithm(self, parameters, context, feedback):
+    def processAlgorithm(self, parameters: dict, context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> dict:
         import json
 
         from ..core.common.feedback import Cancelled
-        from ..core.eval.evaluate import (
-            ConfusionMatrix,
-            EvaluationReport,
-            LabelEncoding,
-            report_classes,
-            score_classified_raster,
-        )
-        from ..core.gis.raster import LABEL_NODATA, read_class_table
-        from ..core.method.presets import load_preset
+        from ..core.eval.classified import score_against_reference
         from .segment import gdal_path, optional_value
 
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
@@ -116,38 +109,18 @@ class EvaluateAlgorithm(SegEarthAlgorithm):
             reference = gdal_path(reference_layer)
             if reference is None:
                 raise QgsProcessingException("REFERENCE must be a label raster file (any GDAL raster)")
-        preset_name = self.parameterAsEnumString(parameters, "PRESET", context) or None
+        ignore_index = (self.parameterAsInt(parameters, "IGNORE_INDEX", context)
+                        if optional_value(parameters, "IGNORE_INDEX") is not None else None)
         try:
-            preset = load_preset(preset_name) if preset_name else None
-            names, aliases, background = report_classes(preset, category_names=read_class_table(classified)[0])
-            if optional_value(parameters, "IGNORE_INDEX") is not None:
-                ignore_index = self.parameterAsInt(parameters, "IGNORE_INDEX", context)
-            else:
-                ignore_index = preset.ignore_index if preset else LABEL_NODATA
-            encoding = LabelEncoding(names, ignore_index,
-                                     self.parameterAsBool(parameters, "REDUCE_ZERO_LABEL", context) or
-                                     bool(preset and preset.reduce_zero_label),
-                                     self.parameterAsString(parameters, "LABEL_MAP", context), aliases)
-            feedback.pushInfo(f"classes: {', '.join(names)}; ignore index {encoding.ignore_index}"
-                              f"{', reduce_zero_label' if encoding.reduce_zero_label else ''}")
-            confusion = score_classified_raster(classified, reference, encoding, ProcessingFeedbackBridge(feedback),
-                                                class_field=class_field, layer_name=layer_name)
+            report = score_against_reference(
+                classified, reference, preset_name=self.parameterAsEnumString(parameters, "PRESET", context) or None,
+                label_map=self.parameterAsString(parameters, "LABEL_MAP", context), ignore_index=ignore_index,
+                reduce_zero_label=self.parameterAsBool(parameters, "REDUCE_ZERO_LABEL", context),
+                class_field=class_field, layer_name=layer_name, feedback=ProcessingFeedbackBridge(feedback))
         except Cancelled:
             raise QgsProcessingException("cancelled: no output was written") from None
         except ValueError as error:
             raise QgsProcessingException(str(error)) from error
-        if not confusion.counts.any():
-            raise QgsProcessingException(f"the reference labels no pixel of {classified} (all ignored, nodata or "
-                                         "outside it): check its extent and CRS, the ignore index and the label map")
-        report = EvaluationReport(names, ConfusionMatrix(len(names)), background)
-        if preset:
-            report.title = preset.title
-        report.add_image(Path(classified).stem, confusion)
-        report.settings = {"classified": classified, "reference": str(reference), "class_field": class_field,
-                           "preset": preset_name, "ignore_index": encoding.ignore_index,
-                           "reduce_zero_label": encoding.reduce_zero_label, "label_map": encoding.label_map}
-        for line in report.table().splitlines():
-            feedback.pushInfo(line)
         outputs = {"OUTPUT": self.parameterAsFileOutput(parameters, "OUTPUT", context),
                    "OUTPUT_CSV": self.parameterAsFileOutput(parameters, "OUTPUT_CSV", context) or None,
                    "OUTPUT_PLOT": self.parameterAsFileOutput(parameters, "OUTPUT_PLOT", context) or None}

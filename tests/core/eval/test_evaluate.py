@@ -14,15 +14,8 @@ from osgeo import gdal, ogr, osr
 from rasters import UTM32_ORIGIN, scene_bands, write_geotiff
 
 from segearth_qgis.core.common.feedback import Cancelled, Feedback
-from segearth_qgis.core.eval.evaluate import (
-    IGNORED,
-    ConfusionMatrix,
-    EvaluationReport,
-    LabelEncoding,
-    LabelError,
-    evaluate_dataset,
-    pair_files,
-)
+from segearth_qgis.core.eval.dataset import EvaluationSettings, evaluate_dataset, pair_files
+from segearth_qgis.core.eval.metric import IGNORED, ConfusionMatrix, EvaluationReport, LabelEncoding, LabelError
 from segearth_qgis.core.gis.raster import RasterInputError
 
 NO_QGIS = """import sys
@@ -264,7 +257,7 @@ def test_paper_protocol_is_segment_image_with_the_preset_then_the_label_size(tin
     images, labels, stored = labelled_folder(tmp_path, [(96, 136), (120, 88)], seed=3,
                                              label_sizes=[(96, 136), (60, 44)])
     saved = tmp_path / "pred"
-    report = evaluate_dataset(images, labels, preset="loveda", model=model, save_predictions=saved)
+    report = evaluate_dataset(images, labels, EvaluationSettings(preset="loveda", model=model, save_predictions=saved))
     preset = load_preset("loveda")
     expected = np.zeros((7, 8), np.int64)
     for stem, (_, raw) in stored.items():
@@ -292,7 +285,7 @@ def test_paper_protocol_is_segment_image_with_the_preset_then_the_label_size(tin
 
     shutil.rmtree(saved)
     with pytest.raises(Cancelled):
-        evaluate_dataset(images, labels, preset="loveda", model=model, save_predictions=saved,
+        evaluate_dataset(images, labels, EvaluationSettings(preset="loveda", model=model, save_predictions=saved),
                          feedback=CancelInTheSecondImage())
     assert not list(saved.iterdir())            # the first image's prediction was written, then removed
 
@@ -460,9 +453,9 @@ def test_polygons_by_class_name_or_value_are_burnt_on_the_classified_grid(segear
 def test_algorithm_reports_progress_and_cancels_without_output(segearth_processing, tmp_path, monkeypatch):
     from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
-    import segearth_qgis.core.eval.evaluate as evaluate
+    import segearth_qgis.core.eval.classified as classified
 
-    monkeypatch.setattr(evaluate, "BLOCK_PIXELS", 600)                 # ten rows of 60 pixels per block
+    monkeypatch.setattr(classified, "BLOCK_PIXELS", 600)                # ten rows of 60 pixels per block
     labels = np.random.default_rng(2).integers(0, 3, (40, 60))
     source = classified_raster(tmp_path / "classes.tif", labels, ["background", "building", "road"])
     reference = write_geotiff(tmp_path / "reference.tif", labels[None].astype(np.uint8))
