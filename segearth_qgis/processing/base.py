@@ -13,6 +13,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtNetwork import QNetworkProxy
+from qgis.PyQt.QtXml import QDomDocument
 
 from ..compat import ADVANCED, DOUBLE, FILE, INTEGER  # noqa: F401 (DOUBLE, FILE, INTEGER: for the algorithms)
 from ..core.common.feedback import Feedback
@@ -37,12 +38,13 @@ class SegEarthAlgorithm(QgsProcessingAlgorithm):
     def icon(self):
         return QIcon(str(resource_path("icon.svg")))
 
-    def style_on_load(self, context, destination):
-        """Style ``destination`` with the .qml the core wrote beside it (gis/style.py, the one source of the class
-        style) when the dialog, the modeler or an ad hoc run loads it into the project."""
+    def style_on_load(self, context, destination, qml):
+        """Style ``destination`` with ``qml``, the class style the core writes beside it (gis/style.py, its one
+        source), when the dialog, the modeler or an ad hoc run loads it into the project. The text is applied, not
+        the file: a raster and a vector output of the same name share one .qml file name."""
         if not context.willLoadLayerOnCompletion(destination):
             return
-        context.layerToLoadOnCompletionDetails(destination).setPostProcessor(ClassStyler.create(destination))
+        context.layerToLoadOnCompletionDetails(destination).setPostProcessor(ClassStyler.create(destination, qml))
 
 
 def configure_model_store():
@@ -137,27 +139,28 @@ CLASSIFIED_PROPERTY = "segearth/classified"  # set on loaded outputs: the map ac
 
 
 class ClassStyler(QgsProcessingLayerPostProcessorInterface):
-    """Loads the class style (.qml) written beside an output into the loaded layer, so the legend shows the class
-    names; a classified raster is also marked so the map action does not offer it as an input."""
+    """Applies the class style (QML text) to a loaded output, so the legend shows the class names; a classified
+    raster is also marked so the map action does not offer it as an input."""
 
     _alive = []  # QGIS holds post-processors by a raw pointer: Python must keep them until they have run
 
     @classmethod
-    def create(cls, destination):
-        styler = cls(destination)
+    def create(cls, destination, qml):
+        styler = cls(destination, qml)
         cls._alive.append(styler)
         return styler
 
-    def __init__(self, destination):
+    def __init__(self, destination, qml):
         super().__init__()
         self.destination = destination
+        self.qml = qml
 
     def postProcessLayer(self, layer, context, feedback):
-        from ..core.gis.style import qml_path
-
-        message, loaded = layer.loadNamedStyle(str(qml_path(self.destination)))
+        document = QDomDocument()
+        document.setContent(self.qml)
+        loaded, message = layer.importNamedStyle(document)
         if not loaded:
-            feedback.pushWarning(f"the class style of {self.destination} could not be loaded: {message}")
+            feedback.pushWarning(f"the class style of {self.destination} could not be applied: {message}")
         if isinstance(layer, QgsRasterLayer):
             layer.setCustomProperty(CLASSIFIED_PROPERTY, True)
         layer.triggerRepaint()

@@ -140,6 +140,7 @@ class SegmentAlgorithm(SegEarthAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):
         from ..core.common.feedback import Cancelled
         from ..core.gis.raster import RasterInputError
+        from ..core.gis.style import class_colors, raster_qml, vector_qml
         from ..core.pipeline import SegmentOutputs, resolve_options, segment_raster
 
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
@@ -193,9 +194,10 @@ class SegmentAlgorithm(SegEarthAlgorithm):
         finally:
             if fetched:
                 remove_quietly(source)
-        self.style_on_load(context, outputs.classes)
+        colors = class_colors(result.class_names)
+        self.style_on_load(context, outputs.classes, raster_qml(result.class_names, colors))
         if outputs.vector:
-            self.style_on_load(context, outputs.vector)
+            self.style_on_load(context, outputs.vector, vector_qml(result.class_names, colors))
         return {"OUTPUT": outputs.classes, "OUTPUT_VECTOR": outputs.vector, "OUTPUT_CONFIDENCE": outputs.confidence,
                 "OUTPUT_AREAS": outputs.areas_csv, "AREAS": result.areas_json(), "RUNTIME": str(model.runtime)}
 

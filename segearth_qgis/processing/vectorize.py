@@ -58,6 +58,7 @@ class VectorizeAlgorithm(SegEarthAlgorithm):
             raise QgsProcessingException("cancelled: no output was written") from None
         except (RasterInputError, ValueError) as error:
             raise QgsProcessingException(str(error)) from error
-        atomic_write(qml_path(output), vector_qml(names, colors))
-        self.style_on_load(context, output)
+        qml = vector_qml(names, colors)
+        atomic_write(qml_path(output), qml)
+        self.style_on_load(context, output, qml)
         return {"OUTPUT": output}

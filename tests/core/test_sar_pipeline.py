@@ -85,7 +85,7 @@ def test_resampling_averages_linear_intensity_on_a_rotated_grid(tmp_path):
     amplitude = np.sqrt(vv)
     path = write(tmp_path / "amp.tif", [amplitude], ROTATED, descriptions=["VV amplitude"])
     source = ProcessingSource(path, sensor="sar", resolution=20.0)
-    assert source.stretch.scale == "amplitude" and source.read_scale == "intensity"
+    assert source.stretch.scale == "amplitude" and source.band_reader.read_scale == "intensity"
     assert source.resampling == "average"
     width, height = source.grid.width, source.grid.height
     assert (width, height) == (32, 24)

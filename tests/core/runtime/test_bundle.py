@@ -138,7 +138,7 @@ class Block:
 sys.meta_path.insert(0, Block())
 import numpy as np
 from segearth_qgis.core import Vocabulary, segment_image
-from segearth_qgis.core.bundle import load_bundle
+from segearth_qgis.core import load_bundle
 model = load_bundle({str(tiny_bundle)!r}, backend='auto', device='auto')
 result = segment_image(model, np.load({str(tmp_path / 'scene.npy')!r}), Vocabulary.parse({VOCAB.to_text()!r}))
 np.save({str(tmp_path / 'labels.npy')!r}, result.labels)
