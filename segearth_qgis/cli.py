@@ -180,6 +180,16 @@ def train_sar(args: argparse.Namespace) -> int:
     return 0
 
 
+QUIET_HELP = "no progress bar or log lines"
+
+
+def add_model_arguments(parser):
+    """The model and where it runs, alike for every command that maps."""
+    parser.add_argument("--model", help="model bundle folder, manifest.json or zip (default: the installed model)")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
+
+
 def add_segment_parser(sub):
     seg = sub.add_parser("segment", help="segment a raster into a classified GeoTIFF (the algorithm's pipeline)")
     seg.set_defaults(run=segment)
@@ -187,12 +197,10 @@ def add_segment_parser(sub):
     seg.add_argument("output", help="the classified GeoTIFF to write")
     seg.add_argument("--classes", help="one class per line (or '\\n' between classes), commas between synonyms")
     seg.add_argument("--preset", help="an official dataset preset, e.g. openearthmap, loveda, potsdam")
-    seg.add_argument("--model", help="model bundle folder, manifest.json or zip (default: the installed model)")
     seg.add_argument("--sensor", default="auto", choices=SENSORS,
                      help="auto: radar only on evidence in the file (complex type, polarisation names, SAR metadata)")
     seg.add_argument("--polarisation", help="SAR: a polarisation (VV, VH, HH, HV) or a band number; default VV")
-    seg.add_argument("--device", default="auto", choices=DEVICES)
-    seg.add_argument("--backend", default="auto", choices=BACKENDS)
+    add_model_arguments(seg)
     seg.add_argument("--resolution", type=float, default=0.0, help="processing resolution in metres (0: native)")
     seg.add_argument("--bands", type=int, nargs="+", help="1-based bands used as red, green, blue")
     seg.add_argument("--extent", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
@@ -207,7 +215,7 @@ def add_segment_parser(sub):
     seg.add_argument("--areas", help="also write the class areas as CSV")
     seg.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance (layer units)")
     seg.add_argument("--min-area", type=float, default=0.0, help="minimum polygon area in m2")
-    seg.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    seg.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 
 def add_evaluate_parser(sub):
@@ -229,12 +237,10 @@ def add_evaluate_parser(sub):
                     help="paper: each image resized and windowed as the papers did (default); map: the streaming "
                          "segment pipeline on georeferenced rasters of any size")
     ev.add_argument("--resolution", type=float, default=0.0, help="map pipeline: processing resolution in metres")
-    ev.add_argument("--model", help="model bundle folder, manifest.json or zip (default: the installed model)")
-    ev.add_argument("--device", default="auto", choices=DEVICES)
-    ev.add_argument("--backend", default="auto", choices=BACKENDS)
+    add_model_arguments(ev)
     ev.add_argument("--save-predictions", help="folder for the classified rasters (<image name>.tif)")
     ev.add_argument("--out", default="out/evaluate/report.json", help="the JSON report; the CSV and PNG go beside it")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    ev.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 
 def add_export_parser(sub):
