@@ -9,6 +9,7 @@ imports only ``common``. Names that need torch or GDAL are imported on first use
 from importlib import import_module
 
 from .common.feedback import Cancelled, Feedback
+from .method.model import SegmentationModel
 from .method.segment import SegmentationResult, classify, segment_image
 from .method.vocabulary import Vocabulary
 from .method.windows import window_boxes
@@ -28,8 +29,8 @@ _LAZY_NAMES = {
     "RasterSegmentation": "pipeline",
 }
 
-__all__ = ["Cancelled", "Feedback", "SegmentationResult", "Vocabulary", "classify", "segment_image", "window_boxes",
-           *_LAZY_NAMES]
+__all__ = ["Cancelled", "Feedback", "SegmentationModel", "SegmentationResult", "Vocabulary", "classify",
+           "segment_image", "window_boxes", *_LAZY_NAMES]
 
 
 def __getattr__(name: str) -> object:

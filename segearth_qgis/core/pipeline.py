@@ -9,20 +9,23 @@ width, never on its height; there are no seams because no window is cut at a blo
 import csv
 import io
 import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from osgeo import gdal
 
-from .common.feedback import Cancelled, as_feedback
+from .common.feedback import Cancelled, Feedback, as_feedback
 from .common.files import atomic_write
 from .gis.geo import AreaMeter
 from .gis.raster import CONFIDENCE_NODATA, LABEL_NODATA, RasterInputError, RasterWriter, bounded_block_cache
 from .gis.source import ProcessingSource
 from .gis.style import class_colors, qml_path, raster_qml, vector_qml
+from .method.model import SegmentationModel
 from .method.resize import bilinear_taps, interpolate_taps
 from .method.segment import classify
+from .method.vocabulary import Vocabulary
 from .method.windows import normalize, window_batches, window_boxes
 
 OUTPUT_CHUNK_VALUES = 8 << 20   # floats per output chunk (queries x rows x width): about 32 MB
@@ -30,48 +33,51 @@ OUTPUT_CHUNK_VALUES = 8 << 20   # floats per output chunk (queries x rows x widt
 
 @dataclass
 class SegmentOptions:
-    vocabulary: object                  # a Vocabulary
+    vocabulary: Vocabulary
     threshold: float = 0.0
-    background: str = None              # class name taking pixels below the threshold; see Vocabulary.background
-    gba_lambda: float = None            # None: the model bundle's default (its manifest), else 0.3
+    background: str | None = None       # class name taking pixels below the threshold; see Vocabulary.background
+    gba_lambda: float | None = None     # None: the model bundle's default (its manifest), else 0.3
     window: int = 224
     stride: int = 112
-    batch_size: int = None              # None: 4 on the CPU, 16 on CUDA
+    batch_size: int | None = None       # None: 4 on the CPU, 16 on CUDA
     resolution: float = 0.0             # processing ground sample distance in metres; 0: native
-    bands: tuple = None                 # 1-based, three (R, G, B) or one (replicated)
-    extent: tuple = None                # (xmin, ymin, xmax, ymax) in the raster's CRS
+    bands: tuple[int, ...] | None = None  # 1-based, three (R, G, B) or one (replicated)
+    extent: tuple[float, float, float, float] | None = None  # (xmin, ymin, xmax, ymax) in the raster's CRS
     sensor: str = "optical"             # "optical" or "sar": how the raster is read (see ProcessingSource)
-    polarisation: str = None            # SAR: a polarisation name or band number; None: VV, else band 1
+    polarisation: str | None = None     # SAR: a polarisation name or band number; None: VV, else band 1
 
 
 @dataclass
 class SegmentOutputs:
     classes: str                        # classified GeoTIFF
-    confidence: str = None              # float32 GeoTIFF: probability of the winning class
-    vector: str = None                  # polygons (.gpkg, .shp, .geojson, .fgb)
-    areas_csv: str = None
+    confidence: str | None = None       # float32 GeoTIFF: probability of the winning class
+    vector: str | None = None           # polygons (.gpkg, .shp, .geojson, .fgb)
+    areas_csv: str | None = None
     simplify: float = 0.0               # polygon simplification tolerance, layer units
     min_area_m2: float = 0.0            # polygons smaller than this merge into their neighbour
 
 
 @dataclass
 class RasterSegmentation:
-    class_names: list
+    class_names: list[str]
     background_index: int
-    areas: list                         # per class: class_id, class_name, pixels, area_m2, percent
+    areas: list[dict]                   # per class: class_id, class_name, pixels, area_m2, percent
     windows: int
     skipped_windows: int
     seconds: float
-    processing_size: tuple              # (width, height) of the processing grid
-    output_size: tuple
-    outputs: dict = field(default_factory=dict)
+    processing_size: tuple[int, int]    # (width, height) of the processing grid
+    output_size: tuple[int, int]
+    outputs: dict[str, str] = field(default_factory=dict)
 
-    def areas_json(self):
+    def areas_json(self) -> str:
         return json.dumps({"classes": self.areas, "total_m2": sum(a["area_m2"] for a in self.areas)})
 
 
-def resolve_options(classes=None, preset=None, threshold=None, background=None, gba_lambda=None, window=None,
-                    stride=None, input_path=None, sensor="auto", polarisation=None, model_path=None, **grid):
+def resolve_options(classes: str | None = None, preset: str | None = None, threshold: float | None = None,
+                    background: str | None = None, gba_lambda: float | None = None, window: int | None = None,
+                    stride: int | None = None, input_path: str | os.PathLike | None = None, sensor: str = "auto",
+                    polarisation: str | None = None, model_path: str | os.PathLike | None = None,
+                    **grid) -> tuple[SegmentOptions, str, list[str]]:
     """Merge a preset with explicit settings (explicit wins); returns (SegmentOptions, modality, notes).
 
     ``classes`` replaces the preset's classes (its background line then follows the ``background`` rule); the
@@ -113,7 +119,7 @@ def resolve_options(classes=None, preset=None, threshold=None, background=None, 
     return options, modality, notes
 
 
-def model_modality(model_path):
+def model_modality(model_path: str | os.PathLike | None) -> str | None:
     """The modality in the manifest of the bundle at ``model_path``, or None when no bundle is given."""
     if not model_path:
         return None
@@ -122,7 +128,7 @@ def model_modality(model_path):
     return read_manifest(resolve_bundle(model_path))["modality"]
 
 
-def model_gba_lambda(model, options):
+def model_gba_lambda(model: SegmentationModel, options: SegmentOptions) -> float:
     """The λ that runs: the explicit or preset value, else the bundle's default (its manifest), else 0.3."""
     if options.gba_lambda is not None:
         return options.gba_lambda
@@ -130,19 +136,21 @@ def model_gba_lambda(model, options):
     return 0.3 if value is None else float(value)
 
 
-def _check_window(options, patch_size):
+def _check_window(options: SegmentOptions, patch_size: int) -> None:
     if options.window < patch_size or options.stride <= 0 or options.stride > options.window:
         raise RasterInputError(f"window {options.window} and stride {options.stride} do not work: the window needs at "
                                f"least {patch_size} px and 0 < stride <= window (defaults 224 and 112)")
 
 
-def segment_raster(model, input_path, outputs, options, feedback=None):
+def segment_raster(model: SegmentationModel, input_path: str | os.PathLike, outputs: SegmentOutputs,
+                   options: SegmentOptions, feedback: Feedback | None = None) -> RasterSegmentation:
     """Segment ``input_path`` into ``outputs``; returns a ``RasterSegmentation``. Nothing is left behind on failure."""
     with bounded_block_cache():
         return _segment_raster(model, input_path, outputs, options, as_feedback(feedback))
 
 
-def _segment_raster(model, input_path, outputs, options, feedback):
+def _segment_raster(model: SegmentationModel, input_path: str | os.PathLike, outputs: SegmentOutputs,
+                    options: SegmentOptions, feedback: Feedback) -> RasterSegmentation:
     start = time.perf_counter()
     _check_window(options, model.patch_size)
     class_names, background_index = options.vocabulary.background(options.background)
@@ -199,7 +207,8 @@ def _segment_raster(model, input_path, outputs, options, feedback):
     return result
 
 
-def _log_start(model, source, options, class_names, background_index, feedback):
+def _log_start(model: SegmentationModel, source: ProcessingSource, options: SegmentOptions, class_names: list[str],
+               background_index: int, feedback: Feedback) -> None:
     runtime = getattr(model, "runtime", None)
     bundle = getattr(model, "bundle", None)
     feedback.info(f"model: {f'bundle {bundle}' if bundle else 'in-memory torch model'}; "
@@ -222,7 +231,7 @@ def _log_start(model, source, options, class_names, background_index, feedback):
                   f"'{class_names[background_index]}'; global bias lambda {options.gba_lambda:g}")
 
 
-def _log_end(result, feedback):
+def _log_end(result: RasterSegmentation, feedback: Feedback) -> None:
     width, height = result.processing_size
     feedback.info(f"{result.windows} windows ({result.skipped_windows} all-nodata windows skipped) over "
                   f"{width} x {height} px in {result.seconds:.1f} s")
@@ -230,7 +239,7 @@ def _log_end(result, feedback):
         feedback.info(f"  {area['class_name']}: {area['pixels']} px, {area['area_m2']:.1f} m2, {area['percent']:.2f} %")
 
 
-def areas_csv(areas):
+def areas_csv(areas: list[dict]) -> str:
     text = io.StringIO()
     writer = csv.DictWriter(text, ["class_id", "class_name", "pixels", "area_m2", "percent"], lineterminator="\n")
     writer.writeheader()
@@ -241,7 +250,8 @@ def areas_csv(areas):
 class _Stream:
     """One pass over the window rows: accumulate, finish rows, upsample, classify, write."""
 
-    def __init__(self, model, source, options, background_index, num_classes, writers, feedback):
+    def __init__(self, model: SegmentationModel, source: ProcessingSource, options: SegmentOptions,
+                 background_index: int, num_classes: int, writers: list[RasterWriter], feedback: Feedback) -> None:
         self.model = model
         self.source = source
         self.options = options
@@ -273,7 +283,7 @@ class _Stream:
         self.finished_top = 0
         self._strip = None             # the last strip read: (top, rgb, valid)
 
-    def run(self):
+    def run(self) -> None:
         strips = {}
         for box in self.boxes:
             strips.setdefault((box[0], box[1]), []).append(box)
@@ -305,11 +315,11 @@ class _Stream:
             count = np.concatenate([count[rows:], np.zeros_like(count[:rows])], axis=0)
         self.feedback.progress(1.0)
 
-    def _check_cancel(self):
+    def _check_cancel(self) -> None:
         if self.feedback.cancelled():
             raise Cancelled()
 
-    def _read(self, top, bottom):
+    def _read(self, top: int, bottom: int) -> tuple[np.ndarray, np.ndarray]:
         """Strips overlap by window - stride rows: only the new rows are read (and warped) again."""
         if self._strip is not None and self._strip[0] <= top < self._strip[0] + len(self._strip[1]):
             old_top, old_rgb, old_valid = self._strip
@@ -323,7 +333,7 @@ class _Stream:
         self._strip = (top, rgb.copy(), valid.copy())
         return rgb, valid
 
-    def _finish(self, canvas, count, top):
+    def _finish(self, canvas: np.ndarray, count: np.ndarray, top: int) -> None:
         covered = count > 0
         averaged = np.divide(canvas, count, out=np.zeros_like(canvas), where=covered)
         rows = np.concatenate([averaged, covered[None].astype(np.float32)])
@@ -333,7 +343,7 @@ class _Stream:
             self.finished = np.concatenate([self.finished, rows], axis=1)
         self._emit(final=top + canvas.shape[1] == self.height)
 
-    def _emit(self, final):
+    def _emit(self, final: bool) -> None:
         first, second, _ = self.out_rows
         ready_until = self.finished_top + self.finished.shape[1]
         total = len(first)
@@ -351,7 +361,7 @@ class _Stream:
             self.finished = self.finished[:, drop:]
             self.finished_top += drop
 
-    def _write_rows(self, start, stop):
+    def _write_rows(self, start: int, stop: int) -> None:
         first, second, weight = self.out_rows
         if self.identity:
             rows = self.finished[:, start - self.finished_top:stop - self.finished_top]
@@ -375,7 +385,7 @@ class _Stream:
         self.pixels += counts.sum(axis=0)
         self.area += self.meter.row_pixel_areas(start, stop) @ counts
 
-    def areas(self, class_names):
+    def areas(self, class_names: list[str]) -> list[dict]:
         total = float(self.area.sum()) or 1.0
         return [{"class_id": i, "class_name": name, "pixels": int(self.pixels[i]), "area_m2": float(self.area[i]),
                  "percent": 100.0 * float(self.area[i]) / total} for i, name in enumerate(class_names)]

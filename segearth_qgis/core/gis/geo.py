@@ -8,8 +8,10 @@ Lambert azimuthal equal-area projections.
 """
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 from osgeo import ogr, osr
 
 PLANAR_TOLERANCE = 0.01     # largest relative scale error of the CRS over the raster for planar measures
@@ -19,7 +21,7 @@ SAMPLE_COLUMNS = 9          # columns measured per row where a row's pixels may 
 NO_CRS = "the raster has no coordinate reference system: assign one in QGIS: Layer Properties > Source"
 
 
-def spatial_reference(wkt):
+def spatial_reference(wkt: str) -> osr.SpatialReference:
     """An OSR object from WKT (or any user input OSR accepts) in traditional GIS order (x = easting/longitude)."""
     if not wkt or not str(wkt).strip():
         raise ValueError(NO_CRS)
@@ -33,16 +35,16 @@ def spatial_reference(wkt):
     return _traditional(srs)
 
 
-def _traditional(srs):
+def _traditional(srs: osr.SpatialReference) -> osr.SpatialReference:
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     return srs
 
 
-def _transform(source, target):
+def _transform(source: osr.SpatialReference, target: osr.SpatialReference) -> osr.CoordinateTransformation:
     return osr.CoordinateTransformation(source, target)
 
 
-def _apply(transform, xy):
+def _apply(transform: osr.CoordinateTransformation, xy: npt.ArrayLike) -> np.ndarray:
     """(n, 2) points through a transform; points that fail come back as NaN."""
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
     if len(xy) == 0:
@@ -55,14 +57,15 @@ def _apply(transform, xy):
     return out
 
 
-def _apply_one(transform, x, y):
+def _apply_one(transform: osr.CoordinateTransformation, x: float, y: float) -> tuple[float, float]:
     try:
         return transform.TransformPoint(float(x), float(y))[:2]
     except RuntimeError:
         return (math.nan, math.nan)
 
 
-def _pixel_to_world(geotransform, col, row):
+def _pixel_to_world(geotransform: Sequence[float], col: npt.ArrayLike,
+                    row: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x0, a, b, y0, d, e = geotransform
     col, row = np.asarray(col, np.float64), np.asarray(row, np.float64)
     return x0 + a * col + b * row, y0 + d * col + e * row
@@ -71,7 +74,7 @@ def _pixel_to_world(geotransform, col, row):
 class _Ellipsoid:
     """The raster's CRS beside its own geographic CRS: lon/lat of raster points and local projections around them."""
 
-    def __init__(self, srs):
+    def __init__(self, srs: osr.SpatialReference) -> None:
         if srs.IsGeocentric():
             raise ValueError("a geocentric CRS cannot georeference a raster: assign a geographic or projected CRS "
                              "in QGIS: Layer Properties > Source")
@@ -81,11 +84,11 @@ class _Ellipsoid:
         self.to_lonlat = None if self.geog is None or self.geographic else _transform(srs, self.geog)
         self._projections = {}
 
-    def lonlat(self, xy):
+    def lonlat(self, xy: npt.ArrayLike) -> np.ndarray:
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
         return xy.copy() if self.geographic else _apply(self.to_lonlat, xy)
 
-    def local(self, kind, lat, lon):
+    def local(self, kind: str, lat: float, lon: float) -> osr.CoordinateTransformation:
         """A transform from the raster's CRS to an ``aeqd`` or ``laea`` projection centred at (lat, lon)."""
         key = (kind, lat, lon)
         if key not in self._projections:
@@ -97,13 +100,13 @@ class _Ellipsoid:
             self._projections[key] = _transform(self.srs, _traditional(target))
         return self._projections[key]
 
-    def laea_bin(self, lon, lat):
+    def laea_bin(self, lon: float, lat: float) -> osr.CoordinateTransformation:
         """The equal-area projection for points near (lon, lat): centred on a ``BIN_DEGREES`` grid."""
         lat_c = float(np.clip(round(lat / BIN_DEGREES) * BIN_DEGREES, -90.0, 90.0))
         lon_c = float(((round(lon / BIN_DEGREES) * BIN_DEGREES + 180.0) % 360.0) - 180.0)
         return self.local("laea", lat_c, lon_c)
 
-    def ground_vectors(self, geotransform, col, row):
+    def ground_vectors(self, geotransform: Sequence[float], col: float, row: float) -> tuple[float, float] | None:
         """Ground length in metres of the pixel's x and y sides at (col, row), or None where it cannot be measured."""
         xs, ys = _pixel_to_world(geotransform, [col - 0.5, col + 0.5, col, col], [row, row, row - 0.5, row + 0.5])
         lonlat = self.lonlat(np.column_stack([xs, ys]))
@@ -116,12 +119,13 @@ class _Ellipsoid:
         return float(np.hypot(*(local[1] - local[0]))), float(np.hypot(*(local[3] - local[2])))
 
 
-def _nominal_sizes(geotransform):
+def _nominal_sizes(geotransform: Sequence[float]) -> tuple[float, float]:
     _, a, b, _, d, e = geotransform
     return math.hypot(a, d), math.hypot(b, e)
 
 
-def _measure(srs_wkt, geotransform, width, height):
+def _measure(srs_wkt: str, geotransform: Sequence[float] | None, width: int,
+             height: int) -> tuple[osr.SpatialReference, _Ellipsoid | None]:
     """(srs, ellipsoid or None): None where the CRS's own units are ground metres (times the unit) over the raster."""
     if geotransform is None or len(tuple(geotransform)) != 6:
         raise ValueError("the raster has no geotransform: georeference it first (Raster > Georeferencer in QGIS)")
@@ -144,7 +148,7 @@ def _measure(srs_wkt, geotransform, width, height):
     return srs, None
 
 
-def pixel_size_metres(geotransform, srs_wkt, width, height):
+def pixel_size_metres(geotransform: Sequence[float], srs_wkt: str, width: int, height: int) -> tuple[float, float]:
     """(x, y) ground size in metres of one pixel, measured at the raster's centre.
 
     Projected CRSs in metres or feet: the pixel size times the CRS's linear unit. Geographic CRSs (and projections
@@ -163,7 +167,7 @@ def pixel_size_metres(geotransform, srs_wkt, width, height):
     return ground
 
 
-def _shoelace(quads):
+def _shoelace(quads: np.ndarray) -> np.ndarray:
     """Areas of (n, 4, 2) quadrilaterals."""
     x, y = quads[..., 0], quads[..., 1]
     return 0.5 * np.abs((x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1))
@@ -177,7 +181,7 @@ class AreaMeter:
     works), per row of pixels; polygon edges are first split at pixel length so both follow the ellipsoid alike.
     """
 
-    def __init__(self, srs_wkt, geotransform, width, height):
+    def __init__(self, srs_wkt: str, geotransform: Sequence[float], width: int, height: int) -> None:
         self.geotransform = tuple(float(v) for v in geotransform)
         self.width, self.height = int(width), int(height)
         self.srs, self.ellipsoid = _measure(srs_wkt, self.geotransform, width, height)
@@ -187,7 +191,7 @@ class AreaMeter:
         self.planar_pixel_m2 = abs(a * e - b * d) * self.unit ** 2
         self.segment_length = min(v for v in _nominal_sizes(self.geotransform) if v > 0) * (1.0 + 1e-9)
 
-    def geometry_m2(self, geometry):
+    def geometry_m2(self, geometry: ogr.Geometry | None) -> float:
         """Area in m² of a polygon or multipolygon (OGR geometry in the raster's CRS); the argument is not changed."""
         if geometry is None or geometry.IsEmpty():
             return 0.0
@@ -203,7 +207,7 @@ class AreaMeter:
             raise ValueError("a polygon could not be projected to measure its area: check the raster's CRS")
         return clone.GetArea()
 
-    def row_pixel_areas(self, row_start, row_stop):
+    def row_pixel_areas(self, row_start: int, row_stop: int) -> np.ndarray:
         """float64 (row_stop - row_start,): the ground area in m² of one pixel in each of these rows."""
         rows = np.arange(row_start, row_stop, dtype=np.float64)
         if self.planar:
@@ -225,7 +229,7 @@ class AreaMeter:
                              "areas cannot be measured")
         return result
 
-    def _quad_areas(self, quads):
+    def _quad_areas(self, quads: np.ndarray) -> np.ndarray:
         """Ground areas of (n, 4, 2) quadrilaterals in the raster's CRS; NaN where they cannot be projected."""
         lonlat = self.ellipsoid.lonlat(quads.mean(axis=1))
         areas = np.full(len(quads), np.nan)

@@ -8,11 +8,12 @@ import contextlib
 import math
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from osgeo import gdal
+from osgeo import gdal, ogr
 
 from ..common.files import temporary_sibling
 
@@ -33,7 +34,7 @@ _cache_users = {"count": 0, "previous": None}
 
 
 @contextlib.contextmanager
-def bounded_block_cache(limit=BLOCK_CACHE_LIMIT):
+def bounded_block_cache(limit: int = BLOCK_CACHE_LIMIT) -> Iterator[None]:
     """Hold GDAL's process-wide block cache (5 % of RAM by default) to ``limit`` bytes while streams run: a stream
     reads and writes each block once, so a larger cache only makes the process grow with the raster. The first
     stream in saves the setting and the last one out restores it."""
@@ -61,11 +62,11 @@ class Grid:
 
     width: int
     height: int
-    geotransform: tuple
+    geotransform: tuple[float, float, float, float, float, float]
     srs_wkt: str
 
     @property
-    def extent(self):
+    def extent(self) -> tuple[float, float, float, float]:
         """(xmin, ymin, xmax, ymax) of the four corners in the CRS."""
         corners = [gdal.ApplyGeoTransform(self.geotransform, col, row)
                    for col in (0, self.width) for row in (0, self.height)]
@@ -73,12 +74,12 @@ class Grid:
         return min(xs), min(ys), max(xs), max(ys)
 
 
-def close_dataset(dataset):
+def close_dataset(dataset: gdal.Dataset | ogr.DataSource) -> None:
     """Flush and close a GDAL/OGR dataset: ``Close()`` from GDAL 3.8 on, where ``Destroy()`` is deprecated."""
     getattr(dataset, "Close", dataset.Destroy)()
 
 
-def open_raster(path):
+def open_raster(path: str | os.PathLike) -> gdal.Dataset:
     try:
         dataset = gdal.Open(str(path))
     except RuntimeError as error:
@@ -88,7 +89,7 @@ def open_raster(path):
     return dataset
 
 
-def dataset_grid(dataset):
+def dataset_grid(dataset: gdal.Dataset) -> Grid:
     transform = tuple(dataset.GetGeoTransform(can_return_null=True) or ())
     if not transform:
         raise RasterInputError(f"{dataset.GetDescription()} has no geotransform: georeference it first "
@@ -103,7 +104,7 @@ def dataset_grid(dataset):
     return Grid(dataset.RasterXSize, dataset.RasterYSize, transform, wkt)
 
 
-def snap_window(grid, extent=None):
+def snap_window(grid: Grid, extent: tuple[float, float, float, float] | None = None) -> tuple[int, int, int, int]:
     """The pixel window (col, row, cols, rows) covering ``extent`` (in the raster's CRS), snapped outwards; on a
     rotated grid, the window covers the extent's four corners."""
     if extent is None:
@@ -124,7 +125,8 @@ def snap_window(grid, extent=None):
     return col0, row0, col1 - col0, row1 - row0
 
 
-def subgrid(grid, window, width=None, height=None):
+def subgrid(grid: Grid, window: tuple[int, int, int, int], width: int | None = None,
+            height: int | None = None) -> Grid:
     """The grid of a pixel window, optionally resampled to ``width`` x ``height`` over the same pixels."""
     col, row, cols, rows = window
     _, a, b, _, d, e = grid.geotransform
@@ -134,7 +136,7 @@ def subgrid(grid, window, width=None, height=None):
     return Grid(width, height, (x0, a * sx, b * sy, y0, d * sx, e * sy), grid.srs_wkt)
 
 
-def default_bands(dataset):
+def default_bands(dataset: gdal.Dataset) -> list[int]:
     """Bands tagged red, green, blue if there are; else 1, 2, 3; a one-band raster gives [1]."""
     interp = {dataset.GetRasterBand(i).GetColorInterpretation(): i for i in range(1, dataset.RasterCount + 1)}
     rgb = [interp.get(c) for c in (gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)]
@@ -143,7 +145,7 @@ def default_bands(dataset):
     return [1] if dataset.RasterCount < 3 else [1, 2, 3]
 
 
-def check_bands(dataset, bands):
+def check_bands(dataset: gdal.Dataset, bands: Sequence[int] | None) -> list[int]:
     bands = [int(b) for b in (bands or default_bands(dataset))]
     if len(bands) not in (1, 3):
         raise RasterInputError(f"choose three bands (red, green, blue) or one band, not {len(bands)}: {bands}")
@@ -158,9 +160,9 @@ def check_bands(dataset, bands):
 class Stretch:
     """Per band (low, high) values mapped linearly to 0..255; ``None`` passes 8-bit data through unchanged."""
 
-    limits: tuple = None
+    limits: tuple[tuple[float, float], ...] | None = None
 
-    def apply(self, data):
+    def apply(self, data: np.ndarray) -> np.ndarray:
         """data: (bands, h, w) in the source type -> uint8."""
         if self.limits is None:
             return data.astype(np.uint8, copy=False)
@@ -170,7 +172,7 @@ class Stretch:
             out[i] = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round()
         return out
 
-    def describe(self):
+    def describe(self) -> str:
         if self.limits is None:
             return "8-bit bands used as they are"
         ranges = ", ".join(f"{low:g}..{high:g}" for low, high in self.limits)
@@ -178,7 +180,7 @@ class Stretch:
                 f"{STRETCH_SAMPLE}-pixel overview: {ranges}")
 
 
-def robust_stretch(dataset, sample=STRETCH_SAMPLE):
+def robust_stretch(dataset: gdal.Dataset, sample: int = STRETCH_SAMPLE) -> Stretch:
     """Computed once for the whole raster (never per block), from a reduced read that uses overviews when present."""
     bands = [dataset.GetRasterBand(i) for i in range(1, dataset.RasterCount + 1)]
     if all(b.DataType == gdal.GDT_Byte for b in bands):
@@ -200,7 +202,8 @@ def robust_stretch(dataset, sample=STRETCH_SAMPLE):
     return Stretch(tuple(limits))
 
 
-def read_valid(dataset, col, row, cols, rows, width=None, height=None):
+def read_valid(dataset: gdal.Dataset, col: int, row: int, cols: int, rows: int, width: int | None = None,
+               height: int | None = None) -> np.ndarray:
     """True where every band of ``dataset`` is valid: nodata values, alpha and mask bands, and non-finite floats
     (complex values with a non-finite part included)."""
     valid = None
@@ -221,7 +224,9 @@ def read_valid(dataset, col, row, cols, rows, width=None, height=None):
 class RasterWriter:
     """A tiled, compressed GeoTIFF written row by row under a temporary name; ``commit`` renames it into place."""
 
-    def __init__(self, path, grid, data_type, nodata, class_names=None, colors=None, description=""):
+    def __init__(self, path: str | os.PathLike, grid: Grid, data_type: int, nodata: float,
+                 class_names: Sequence[str] | None = None, colors: Sequence[tuple[int, int, int]] | None = None,
+                 description: str = "") -> None:
         self.path = Path(path)
         if self.path.suffix.lower() not in (".tif", ".tiff"):
             raise RasterInputError(f"raster outputs are GeoTIFF: name {self.path} with .tif")
@@ -244,18 +249,18 @@ class RasterWriter:
             band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
             band.SetCategoryNames(list(class_names))
 
-    def write(self, row, array):
+    def write(self, row: int, array: np.ndarray) -> None:
         self.dataset.GetRasterBand(1).WriteArray(array, 0, row)
 
-    def close(self):
+    def close(self) -> None:
         if self.dataset is not None:
             self.dataset.FlushCache()
             self.dataset = None
 
-    def temp_files(self):
+    def temp_files(self) -> list[Path]:
         return [self.temp, Path(f"{self.temp}.aux.xml")]
 
-    def commit(self):
+    def commit(self) -> None:
         self.close()
         aux = Path(f"{self.temp}.aux.xml")
         final_aux = Path(f"{self.path}.aux.xml")
@@ -265,20 +270,20 @@ class RasterWriter:
             final_aux.unlink()
         os.replace(self.temp, self.path)
 
-    def discard(self):
+    def discard(self) -> None:
         self.dataset = None
         for path in self.temp_files():
             if path.exists():
                 path.unlink()
 
 
-def category_names(band):
+def category_names(band: gdal.Band) -> list[str]:
     """The band's GDAL category names; GDAL 3.6's GeoTIFF band returns none until its .aux.xml has been loaded."""
     band.GetDescription()
     return list(band.GetCategoryNames() or [])
 
 
-def read_class_table(path, band=1):
+def read_class_table(path: str | os.PathLike, band: int = 1) -> tuple[list[str], list[tuple[int, int, int]]]:
     """(class names, RGB colours) stored in a classified raster: GDAL category names and its colour table."""
     dataset = open_raster(path)
     raster_band = dataset.GetRasterBand(band)

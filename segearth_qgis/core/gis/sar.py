@@ -1,6 +1,8 @@
 """Radar (SAR) inputs need their own model and preprocessing: detection, polarisation, decibels, 8-bit stretch."""
 
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +19,7 @@ DB_RANGE_SHARE = 0.99           # share of the sampled values inside DB_RANGE, a
 SKIPPED_DOMAINS = ("DERIVED_SUBDATASETS",)   # GDAL's own "amplitude of input bands" text, not the producer's
 
 
-def _words(pattern):
+def _words(pattern: str) -> re.Pattern[str]:
     """Whole tokens, case-insensitive: a match may not touch a letter or a digit, so VV is not found in VVV or HVAC."""
     return re.compile(rf"(?<![A-Z0-9])(?:{pattern})(?![A-Z0-9])")
 
@@ -42,10 +44,10 @@ class SensorDecision:
 
     sensor: str
     reason: str
-    polarisations: tuple
+    polarisations: tuple[str | None, ...]
 
 
-def _metadata(gdal_object):
+def _metadata(gdal_object: gdal.MajorObject) -> list[tuple[str, str]]:
     """(key, value) pairs of every text metadata domain (XML domains are lists, skipped)."""
     items = []
     for domain in [""] + [d for d in gdal_object.GetMetadataDomainList() or [] if d]:
@@ -57,18 +59,18 @@ def _metadata(gdal_object):
     return items
 
 
-def _found(pattern, text):
+def _found(pattern: re.Pattern[str], text: str) -> list[str]:
     return [match.upper() for match in pattern.findall(text.upper())]
 
 
-def _named_polarisations(band):
+def _named_polarisations(band: gdal.Band) -> set[str]:
     """Polarisation names in the band's description and in its name-like or polarisation metadata."""
     texts = [band.GetDescription()]
     texts += [value for key, value in _metadata(band) if POLARISATION_KEYS.search(key) or BAND_NAME_KEYS.search(key)]
     return {word for text in texts for word in _found(POLARISATION_WORDS, text)}
 
 
-def band_polarisations(dataset):
+def band_polarisations(dataset: gdal.Dataset) -> tuple[str | None, ...]:
     """One polarisation name or None per band: the single name its band texts give; a one-band raster also takes the
     single name of the dataset's polarisation metadata."""
     named = [_named_polarisations(dataset.GetRasterBand(i)) for i in range(1, dataset.RasterCount + 1)]
@@ -79,13 +81,13 @@ def band_polarisations(dataset):
     return tuple(names)
 
 
-def _dataset_polarisations(dataset):
+def _dataset_polarisations(dataset: gdal.Dataset) -> list[str]:
     found = [word for key, value in _metadata(dataset) if POLARISATION_KEYS.search(key)
              for word in _found(POLARISATION_WORDS, value)]
     return sorted(set(found), key=found.index)
 
 
-def _mission_evidence(dataset):
+def _mission_evidence(dataset: gdal.Dataset) -> tuple[list[str], list[str]]:
     """'KEY=value' items of the dataset metadata that name SAR or a SAR mission, and the SAR product types named."""
     items, products = [], []
     texts = _metadata(dataset)
@@ -98,12 +100,12 @@ def _mission_evidence(dataset):
     return items, sorted(set(products))
 
 
-def _type_names(dataset):
+def _type_names(dataset: gdal.Dataset) -> list[str]:
     names = [gdal.GetDataTypeName(dataset.GetRasterBand(i).DataType) for i in range(1, dataset.RasterCount + 1)]
     return sorted(set(names), key=names.index)
 
 
-def detect_sensor(dataset):
+def detect_sensor(dataset: gdal.Dataset) -> SensorDecision:
     """SAR only on positive evidence: a complex data type, polarisation names (VV, VH, HH, HV as whole tokens) in the
     band descriptions or metadata, GDAL's Sentinel-1 drivers, or SAR mission names in the metadata. Anything else is
     optical."""
@@ -138,7 +140,8 @@ def detect_sensor(dataset):
                           polarisations)
 
 
-def decide_sensor(path, requested="auto", model_modality=None, preset_modality=None):
+def decide_sensor(path: str | os.PathLike | None, requested: str = "auto", model_modality: str | None = None,
+                  preset_modality: str | None = None) -> tuple[str, str]:
     """(sensor, reason): how to read the raster at ``path`` and which model runs it. First match wins: the explicit
     model bundle's modality (a SENSOR that contradicts it is an error), an explicit SENSOR, the preset's modality,
     then ``detect_sensor`` on the file (``path`` None, as for web layers: optical)."""
@@ -159,7 +162,8 @@ def decide_sensor(path, requested="auto", model_modality=None, preset_modality=N
     return decision.sensor, decision.reason
 
 
-def choose_polarisation(decision, dataset, requested=None):
+def choose_polarisation(decision: SensorDecision, dataset: gdal.Dataset,
+                        requested: str | int | None = None) -> tuple[int, str]:
     """(1-based band number, note for the log). ``requested``: a polarisation name (any case), a band number, or
     None/empty for the VV band if there is one, else band 1."""
     names = decision.polarisations
@@ -189,11 +193,11 @@ def choose_polarisation(decision, dataset, requested=None):
     return band, f"band {band} ({wanted}) used as requested (POLARISATION={requested})"
 
 
-def _label(name):
+def _label(name: str | None) -> str:
     return f" ({name})" if name else ""
 
 
-def to_decibels(values, scale):
+def to_decibels(values: np.ndarray, scale: str) -> np.ndarray:
     """Backscatter in decibels as float64, from values on ``scale``:
 
     - "complex": intensity = |z|² = re² + im²;
@@ -218,14 +222,14 @@ def to_decibels(values, scale):
         return np.where(np.isfinite(intensity) & (intensity > 0), 10.0 * np.log10(intensity), np.nan)
 
 
-def _band(dataset, band_number):
+def _band(dataset: gdal.Dataset, band_number: int) -> gdal.Band:
     if not 1 <= band_number <= dataset.RasterCount:
         raise RasterInputError(f"band {band_number} does not exist: {dataset.GetDescription()} has "
                                f"{dataset.RasterCount} band(s), numbered from 1")
     return dataset.GetRasterBand(band_number)
 
 
-def sample_values(dataset, band_number, sample=STRETCH_SAMPLE):
+def sample_values(dataset: gdal.Dataset, band_number: int, sample: int = STRETCH_SAMPLE) -> np.ndarray:
     """The band's valid values (nodata and mask excluded) from a reduced read of at most ``sample`` pixels a side,
     which uses overviews when present; complex bands give complex values."""
     band = _band(dataset, band_number)
@@ -238,7 +242,7 @@ def sample_values(dataset, band_number, sample=STRETCH_SAMPLE):
     return values[band.GetMaskBand().ReadAsArray(buf_xsize=width, buf_ysize=height) > 0]
 
 
-def guess_scale(dataset, band_number, sample):
+def guess_scale(dataset: gdal.Dataset, band_number: int, sample: np.ndarray) -> str:
     """What the band's values are, as a ``to_decibels`` scale; ``sample``: valid values of the band (see
     ``sample_values``). Our rule, first match wins:
 
@@ -275,29 +279,29 @@ class SarStretch:
     low: float
     high: float
     band: int = 1
-    polarisation: str = None
+    polarisation: str | None = None
 
-    def apply(self, values):
+    def apply(self, values: np.ndarray) -> np.ndarray:
         """Values of the band (any shape, source type) -> uint8; NaN (invalid) gives 0, for the caller to mask."""
         return self.from_decibels(to_decibels(values, self.scale))
 
-    def from_decibels(self, decibels):
+    def from_decibels(self, decibels: np.ndarray) -> np.ndarray:
         scaled = (decibels - self.low) * (255.0 / max(self.high - self.low, 1e-12))
         return np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round().astype(np.uint8)
 
     @staticmethod
-    def replicate(gray):
+    def replicate(gray: np.ndarray) -> np.ndarray:
         """(h, w) uint8 -> (h, w, 3): the single SAR band as three identical channels, as the reference feeds it."""
         return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=-1))
 
-    def describe(self):
+    def describe(self) -> str:
         source = "values already in dB" if self.scale == "db" else f"{self.scale} values converted to dB"
         return (f"SAR band {self.band}{_label(self.polarisation)}, {source}; {STRETCH_PERCENTILES[0]:g}-"
                 f"{STRETCH_PERCENTILES[1]:g} % cut from a {STRETCH_SAMPLE}-pixel overview: {self.low:.2f}.."
                 f"{self.high:.2f} dB to 0..255, replicated to three channels")
 
 
-def sar_stretch(dataset, band_number, scale, sample=STRETCH_SAMPLE):
+def sar_stretch(dataset: gdal.Dataset, band_number: int, scale: str, sample: int = STRETCH_SAMPLE) -> SarStretch:
     """Computed once for the whole raster (never per block): the 2nd and 98th percentiles of the valid, finite dB
     values of a reduced read."""
     decibels = to_decibels(sample_values(dataset, band_number, sample), scale)
@@ -309,7 +313,8 @@ def sar_stretch(dataset, band_number, scale, sample=STRETCH_SAMPLE):
     return SarStretch(scale, low, high, band_number, band_polarisations(dataset)[band_number - 1])
 
 
-def choose_sar_band(dataset, polarisation=None, bands=None):
+def choose_sar_band(dataset: gdal.Dataset, polarisation: str | int | None = None,
+                    bands: Sequence[int] | None = None) -> tuple[int, list[str]]:
     """(1-based band, notes for the log): the polarisation band that the SAR model reads."""
     band, note = choose_polarisation(detect_sensor(dataset), dataset, polarisation)
     notes = [note]
@@ -318,7 +323,7 @@ def choose_sar_band(dataset, polarisation=None, bands=None):
     return band, notes
 
 
-def band_stretch(dataset, band_number, subset, subset_band=1):
+def band_stretch(dataset: gdal.Dataset, band_number: int, subset: gdal.Dataset, subset_band: int = 1) -> SarStretch:
     """The stretch of ``dataset``'s band as read through ``subset`` (a window of it): the scale is guessed from the
     band's own texts and the window's values, the dB cut from the window."""
     scale = guess_scale(dataset, band_number, sample_values(subset, subset_band))
@@ -329,7 +334,7 @@ def band_stretch(dataset, band_number, subset, subset_band=1):
 INTENSITY_FUNCTIONS = {"complex": "intensity", "amplitude": "intensity", "intensity": "real", "db": "dB2pow"}
 
 
-def intensity_vrt(name, source, band_number, scale):
+def intensity_vrt(name: str, source: gdal.Dataset, band_number: int, scale: str) -> gdal.Dataset:
     """A VRT named ``name`` whose one band is ``source``'s band as linear intensity (GDAL pixel functions), on a
     pixel-space north-up grid, so that resampling it averages backscatter power as multilooking does.
 
@@ -349,7 +354,7 @@ def intensity_vrt(name, source, band_number, scale):
     return vrt
 
 
-def _linear_intensity(value, scale):
+def _linear_intensity(value: float, scale: str) -> float:
     if scale == "db":
         return 10.0 ** (value / 10.0)
     return value if scale == "intensity" else value * value

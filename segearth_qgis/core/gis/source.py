@@ -5,7 +5,9 @@ The input is never modified: every read goes through in-memory VRTs (band subset
 resolution) that ``close`` removes.
 """
 
+import os
 import uuid
+from collections.abc import Sequence
 
 import numpy as np
 from osgeo import gdal
@@ -30,7 +32,7 @@ class OpticalBands:
 
     sensor = "optical"
 
-    def __init__(self, dataset: gdal.Dataset, bands: list | None, polarisation: str | None) -> None:
+    def __init__(self, dataset: gdal.Dataset, bands: Sequence[int] | None, polarisation: str | None) -> None:
         self.bands = check_bands(dataset, bands)
         self.notes = []
         self.warnings = []
@@ -47,7 +49,8 @@ class OpticalBands:
         self.stretch = stretch
         return source.subset
 
-    def read(self, reader: gdal.Dataset, band_index: list, col: int, row: int, width: int, rows: int) -> tuple:
+    def read(self, reader: gdal.Dataset, band_index: list[int], col: int, row: int, width: int,
+             rows: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(h, w, 3) uint8 and the extra validity this sensor adds (None: nothing more)."""
         data = np.stack([reader.GetRasterBand(i).ReadAsArray(col, row, width, rows) for i in band_index])
         rgb = self.stretch.apply(data)
@@ -65,7 +68,7 @@ class SarBand:
 
     sensor = "sar"
 
-    def __init__(self, dataset: gdal.Dataset, bands: list | None, polarisation: str | None) -> None:
+    def __init__(self, dataset: gdal.Dataset, bands: Sequence[int] | None, polarisation: str | None) -> None:
         band, self.notes = sar.choose_sar_band(dataset, polarisation, bands)
         self.bands = [band]
         self.warnings = []
@@ -82,7 +85,8 @@ class SarBand:
         self.read_scale = "intensity"
         return sar.intensity_vrt(source.temporary_name(), source.subset, 1, self.stretch.scale)
 
-    def read(self, reader: gdal.Dataset, band_index: list, col: int, row: int, width: int, rows: int) -> tuple:
+    def read(self, reader: gdal.Dataset, band_index: list[int], col: int, row: int, width: int,
+             rows: int) -> tuple[np.ndarray, np.ndarray | None]:
         decibels = sar.to_decibels(reader.GetRasterBand(1).ReadAsArray(col, row, width, rows), self.read_scale)
         return self.stretch.replicate(self.stretch.from_decibels(decibels)), np.isfinite(decibels)
 
@@ -105,7 +109,8 @@ class ProcessingSource:
     ``bands``, ``sar`` one polarisation band (``polarisation``: a name or band number, default VV).
     """
 
-    def __init__(self, path: str, bands: list | None = None, extent: tuple | None = None, resolution: float = 0.0,
+    def __init__(self, path: str | os.PathLike, bands: Sequence[int] | None = None,
+                 extent: tuple[float, float, float, float] | None = None, resolution: float = 0.0,
                  sensor: str = "optical", polarisation: str | None = None) -> None:
         self.path = str(path)
         self._names = []
@@ -156,7 +161,7 @@ class ProcessingSource:
     def data_type(self) -> str:
         return gdal.GetDataTypeName(self.dataset.GetRasterBand(self.bands[0]).DataType)
 
-    def read(self, row0: int, row1: int, col0: int = 0, col1: int | None = None) -> tuple:
+    def read(self, row0: int, row1: int, col0: int = 0, col1: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Processing-grid rows [row0, row1) (and columns [col0, col1), default all): uint8 RGB (h, w, 3) and the
         validity mask (h, w)."""
         rows = row1 - row0

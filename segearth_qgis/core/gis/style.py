@@ -1,5 +1,7 @@
 """Class colours and QGIS styles (.qml) written beside outputs, so every QGIS session and headless run shows them."""
 
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -12,7 +14,7 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 1
 BACKGROUND_COLOR = (160, 160, 160)
 
 
-def class_colors(class_names):
+def class_colors(class_names: Iterable[str]) -> list[tuple[int, int, int]]:
     """One RGB colour per class: grey for background-like names, a fixed distinct palette for the rest."""
     colors, k = [], 0
     for name in class_names:
@@ -24,11 +26,11 @@ def class_colors(class_names):
     return colors
 
 
-def _hex(color):
+def _hex(color: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*color)
 
 
-def raster_qml(class_names, colors):
+def raster_qml(class_names: Sequence[str], colors: Sequence[tuple[int, int, int]]) -> str:
     """A paletted renderer on band 1 listing the classes (not the nodata value) with their names."""
     entries = "\n".join(f'        <paletteEntry value="{i}" color="{_hex(c)}" alpha="255" label={quoteattr(name)}/>'
                         for i, (name, c) in enumerate(zip(class_names, colors, strict=True)))
@@ -50,7 +52,7 @@ def raster_qml(class_names, colors):
 """
 
 
-def _fill_symbol(index, color):
+def _fill_symbol(index: int, color: tuple[int, int, int]) -> str:
     rgba = "{},{},{},255".format(*color)
     props = {"color": rgba, "style": "solid", "outline_style": "no", "outline_color": "35,35,35,255",
              "outline_width": "0.26", "outline_width_unit": "MM"}
@@ -61,7 +63,7 @@ def _fill_symbol(index, color):
             f'{legacy}</layer>\n      </symbol>')
 
 
-def vector_qml(class_names, colors, field="class_id"):
+def vector_qml(class_names: Sequence[str], colors: Sequence[tuple[int, int, int]], field: str = "class_id") -> str:
     """A categorized renderer on ``field`` (the class index) with the class names as legend labels."""
     pairs = list(zip(class_names, colors, strict=True))
     categories = "\n".join(f'      <category render="true" value="{i}" symbol="{i}" label={quoteattr(name)}/>'
@@ -83,6 +85,6 @@ def vector_qml(class_names, colors, field="class_id"):
 """
 
 
-def qml_path(data_path):
+def qml_path(data_path: str | os.PathLike) -> Path:
     """QGIS loads ``name.qml`` beside ``name.tif`` / ``name.gpkg`` automatically."""
     return Path(data_path).with_suffix(".qml")

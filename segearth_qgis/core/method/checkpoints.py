@@ -1,10 +1,15 @@
 """Reading weight files without executing code: safetensors, torch's ``weights_only`` or a restricted unpickler."""
 
 import functools
+import os
 import pickle
 import types
 import zipfile
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 ACCEPTED = (".safetensors files, and torch checkpoints that torch.load(weights_only=True) reads or whose tensors the "
             "restricted unpickler reads (any other object becomes an inert placeholder)")
@@ -23,36 +28,36 @@ class Placeholder:
     __slots__ = ()
     name = "?"
 
-    def __new__(cls, *args, **kwargs):
+    def __new__(cls, *args: object, **kwargs: object) -> "Placeholder":
         return object.__new__(cls)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: object, **kwargs: object) -> None:
         pass
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: object, **kwargs: object) -> "Placeholder":
         return self
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: object) -> None:
         pass
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key: object, value: object) -> None:
         pass
 
-    def append(self, item):
+    def append(self, item: object) -> None:
         pass
 
-    def extend(self, items):
+    def extend(self, items: object) -> None:
         pass
 
-    def add(self, item):
+    def add(self, item: object) -> None:
         pass
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<placeholder for {self.name}>"
 
 
 @functools.cache
-def _allowed_globals():
+def _allowed_globals() -> dict[str, object]:
     """``{'module.name': object}``: tensor and storage rebuilding, dtypes, devices and a few plain containers."""
     import codecs
     from collections import Counter, OrderedDict
@@ -89,7 +94,7 @@ def _allowed_globals():
 class RestrictedUnpickler(pickle.Unpickler):
     """Resolves globals from the allow-list only; anything else, ``os.system`` included, becomes a placeholder."""
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> object:
         from torch._utils import IMPORT_MAPPING, NAME_MAPPING
 
         # Python 2 names, as torch.save's protocol 2 writes them (``__builtin__.set``).
@@ -100,7 +105,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         return type("Placeholder", (Placeholder,), {"__slots__": (), "name": f"{module}.{name}"})
 
 
-def _restricted_load(file, **kwargs):
+def _restricted_load(file: IO[bytes], **kwargs: object) -> object:
     return RestrictedUnpickler(file, **kwargs).load()
 
 
@@ -109,7 +114,7 @@ restricted_pickle = types.SimpleNamespace(__name__="segearth_restricted_pickle",
                                           load=_restricted_load)
 
 
-def _is_torchscript(path):
+def _is_torchscript(path: str | os.PathLike) -> bool:
     """torch.load(weights_only=False) hands TorchScript archives (``constants.pkl`` inside) to torch.jit.load."""
     if not zipfile.is_zipfile(path):
         return False
@@ -117,7 +122,8 @@ def _is_torchscript(path):
         return any(name.partition("/")[2] == "constants.pkl" for name in archive.namelist())
 
 
-def load_restricted(path, map_location="cpu"):
+def load_restricted(path: str | os.PathLike,
+                    map_location: "str | torch.device" = "cpu") -> "dict[str, torch.Tensor]":
     """``{name: tensor}`` from a torch checkpoint through the restricted unpickler, placeholders and other values
     dropped."""
     import torch
@@ -134,7 +140,8 @@ def load_restricted(path, map_location="cpu"):
             if isinstance(key, str) and isinstance(value, torch.Tensor)}
 
 
-def load_state_dict(path, map_location="cpu"):
+def load_state_dict(path: str | os.PathLike,
+                    map_location: "str | torch.device" = "cpu") -> "dict[str, torch.Tensor]":
     """A flat ``{name: tensor}`` from a ``.safetensors`` file, a raw state dict, or ``{'state_dict': ...}``.
 
     A ``module.`` prefix (DataParallel) is removed, as open_clip does. A pickle that ``weights_only=True`` refuses

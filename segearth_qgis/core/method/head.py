@@ -7,25 +7,29 @@ In eval mode SimFeatUp is linear in its features and acts on every channel with 
 (``U^T t`` replaces t). Up to float rounding this equals the official order of operations.
 """
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .simfeatup_cpu import cosine_head
 
 
-def cls_logits(cls, text_features):
+def cls_logits(cls: np.ndarray, text_features: np.ndarray) -> np.ndarray:
     """The GBA term: normalised CLS against the text features, (B, Q)."""
     cls = cls / np.linalg.norm(cls, axis=1, keepdims=True)
     return cls @ text_features.T
 
 
-def patch_grid_logits(cls, patches, text_features, gba_lambda):
+def patch_grid_logits(cls: np.ndarray, patches: np.ndarray, text_features: np.ndarray,
+                      gba_lambda: float) -> np.ndarray:
     """Without an upsampler: GBA cosine logits on the patch grid, (B, Q, h, w)."""
     features = patches / np.linalg.norm(patches, axis=1, keepdims=True)
     logits = np.einsum("bdhw,qd->bqhw", features, text_features)
     return (logits - np.float32(gba_lambda) * cls_logits(cls, text_features)[:, :, None, None]).astype(np.float32)
 
 
-def upsampled_logits(cls, patches, text_features, gba_lambda, weight, bias, upsample):
+def upsampled_logits(cls: np.ndarray, patches: np.ndarray, text_features: np.ndarray, gba_lambda: float,
+                     weight: np.ndarray, bias: np.ndarray, upsample: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """GBA cosine logits at full window resolution (B, Q, 16h, 16w) through the reduced-channel SimFeatUp.
 
     ``upsample`` runs SimFeatUp's four stages on channels-last features (B, h, w, r) and returns (B, 16h, 16w, r).

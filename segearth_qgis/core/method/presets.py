@@ -1,6 +1,7 @@
 """The official SegEarth-OV / SegEarth-OV-2 dataset settings, shipped as JSON so users can rerun a paper's setup."""
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,20 +38,20 @@ class Preset:
     last_n: int
     reduce_zero_label: bool
     ignore_index: int
-    dataset_class_names: tuple
+    dataset_class_names: tuple[str, ...]
     notes: str
 
 
-def presets_dir():
+def presets_dir() -> Path:
     return resources_dir() / "presets"
 
 
-def preset_names(folder=None):
+def preset_names(folder: str | os.PathLike | None = None) -> list[str]:
     """The presets in ``folder`` (the shipped ones by default): file names without ``.json``, sorted."""
     return sorted(path.stem for path in Path(folder or presets_dir()).glob("*.json"))
 
 
-def load_preset(name, folder=None):
+def load_preset(name: str, folder: str | os.PathLike | None = None) -> Preset:
     """The preset called ``name`` (any case); ValueError listing the names when there is none."""
     folder = Path(folder or presets_dir())
     stems = {stem.lower(): stem for stem in preset_names(folder)}
@@ -64,27 +65,27 @@ def load_preset(name, folder=None):
         raise PresetError(f"preset file {path}: {error}") from None
 
 
-def _require(condition, problem):
+def _require(condition: object, problem: str) -> None:
     if not condition:
         raise PresetError(problem)
 
 
-def _is_int(value, minimum):
+def _is_int(value: object, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def _is_number(value, minimum, maximum):
+def _is_number(value: object, minimum: float, maximum: float) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and minimum <= value <= maximum
 
 
-def _check_keys(mapping, expected, where):
+def _check_keys(mapping: object, expected: set[str], where: str) -> None:
     _require(isinstance(mapping, dict), f"{where} must be a JSON object")
     missing, unknown = sorted(expected - mapping.keys()), sorted(mapping.keys() - expected)
     _require(not missing, f"{where} lacks {', '.join(missing)}")
     _require(not unknown, f"{where} has unknown keys {', '.join(unknown)}")
 
 
-def _parse(data, stem):
+def _parse(data: object, stem: str) -> Preset:
     """The Preset in a decoded file; PresetError names the first problem found."""
     schema = data.get("schema") if isinstance(data, dict) else None
     _require(schema == SCHEMA, f"schema must be {SCHEMA}, got {schema!r}")

@@ -11,13 +11,14 @@ _COEF_BITS = 11
 _COEF_SCALE = 1 << _COEF_BITS
 
 
-def rescale_size(height, width, longer_side):
+def rescale_size(height: int, width: int, longer_side: int) -> tuple[int, int]:
     """mmcv ``imrescale`` with ``scale=(s, s)``: the longer side becomes ``s``; returns (new_height, new_width)."""
     factor = min(longer_side / max(height, width), longer_side / min(height, width))
     return int(height * float(factor) + 0.5), int(width * float(factor) + 0.5)
 
 
-def _linear_taps(dst_len, src_len, clamp_weights):
+def _linear_taps(dst_len: int, src_len: int,
+                 clamp_weights: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """OpenCV's per-destination source indices and 11-bit weights for one axis of INTER_LINEAR.
 
     Horizontally OpenCV moves a tap that falls outside the image onto the border with weights (1, 0); vertically it
@@ -39,7 +40,7 @@ def _linear_taps(dst_len, src_len, clamp_weights):
     return np.clip(index, 0, src_len - 1), np.clip(index + 1, 0, src_len - 1), w0, w1
 
 
-def resize_uint8_like_cv2(image, height, width):
+def resize_uint8_like_cv2(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """``cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)`` for uint8 HxW or HxWxC, bit for bit."""
     if image.dtype != np.uint8:
         raise TypeError(f"expected a uint8 image, got {image.dtype}")
@@ -56,13 +57,13 @@ def resize_uint8_like_cv2(image, height, width):
     return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
 
 
-def rescale_uint8(image, longer_side):
+def rescale_uint8(image: np.ndarray, longer_side: int) -> np.ndarray:
     """The reference's test-time resize: longer side to ``longer_side``, cv2 bilinear, uint8 result."""
     height, width = rescale_size(image.shape[0], image.shape[1], longer_side)
     return resize_uint8_like_cv2(image, height, width)
 
 
-def bilinear_taps(dst_len, src_len):
+def bilinear_taps(dst_len: int, src_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """torch's align_corners=False taps for one axis: first and second source index and the second's weight."""
     scale = np.float32(src_len / dst_len)
     pos = np.maximum((np.arange(dst_len, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
@@ -71,7 +72,8 @@ def bilinear_taps(dst_len, src_len):
     return index, np.minimum(index + 1, src_len - 1), weight
 
 
-def interpolate_taps(array, rows, cols):
+def interpolate_taps(array: np.ndarray, rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     cols: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     """Blend ``array``'s last two axes at the given (first, second, weight) row and column taps."""
     x0, x1, wx = cols
     y0, y1, wy = rows
@@ -80,7 +82,7 @@ def interpolate_taps(array, rows, cols):
     return (blended[..., y0, :] * (1 - wy) + blended[..., y1, :] * wy).astype(np.float32, copy=False)
 
 
-def resize_bilinear(array, height, width):
+def resize_bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """torch ``interpolate(mode="bilinear", align_corners=False)`` over the last two axes of a float32 array."""
     src_h, src_w = array.shape[-2:]
     if (src_h, src_w) == (height, width):

@@ -4,11 +4,14 @@ A backend (torch_model.py here, or runtime/'s ONNX one) turns normalised windows
 the resize, the windows (windows.py) and the post-processing run in numpy, the same for every entry point.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from .model import SegmentationModel
 from .resize import rescale_uint8, resize_bilinear
+from .vocabulary import Vocabulary
 from .windows import normalize, sliding_window_logits, whole_image_logits
 
 LOGIT_SCALE = 50.0
@@ -21,7 +24,8 @@ class SegmentationResult:
     labels: np.ndarray          # (H, W) int64 class index
 
 
-def classify(logits, query_class, prob_threshold=0.0, background_index=0):
+def classify(logits: np.ndarray, query_class: np.ndarray, prob_threshold: float = 0.0,
+             background_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Softmax at scale 50 over all queries, max over each class's synonyms, argmax, then the threshold rule."""
     scaled = logits * np.float32(LOGIT_SCALE)
     scaled -= scaled.max(axis=0, keepdims=True)
@@ -37,8 +41,11 @@ def classify(logits, query_class, prob_threshold=0.0, background_index=0):
     return probabilities, labels
 
 
-def segment_image(model, rgb, vocabulary, prob_threshold=0.0, background_index=0, gba_lambda=0.3,
-                  resize_longer_side=448, window=224, stride=112, batch_size=4, progress=None, cancelled=None):
+def segment_image(model: SegmentationModel, rgb: np.ndarray, vocabulary: Vocabulary, prob_threshold: float = 0.0,
+                  background_index: int = 0, gba_lambda: float = 0.3, resize_longer_side: int | None = 448,
+                  window: int | None = 224, stride: int = 112, batch_size: int = 4,
+                  progress: Callable[[int, int], None] | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> SegmentationResult:
     """Segment one uint8 HxWx3 RGB image the way the reference evaluates it; see ``SegmentationResult``.
 
     ``resize_longer_side=None`` keeps the input size; ``window=None`` runs one whole-image pass instead of windows.

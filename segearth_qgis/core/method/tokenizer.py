@@ -6,6 +6,8 @@ It produces the same token ids as open_clip's ``tokenize`` (start and end tokens
 import functools
 import gzip
 import html
+import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -13,7 +15,7 @@ START, END = "<start_of_text>", "<end_of_text>"
 
 
 @functools.lru_cache(maxsize=1)
-def _byte_alphabet():
+def _byte_alphabet() -> dict[int, str]:
     """The reversible map from the 256 byte values to printable unicode characters that CLIP's BPE works on."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
@@ -26,7 +28,7 @@ def _byte_alphabet():
     return chars
 
 
-def _clean(text):
+def _clean(text: str) -> str:
     try:
         import ftfy
 
@@ -54,7 +56,7 @@ def _word_pattern():
 class ClipTokenizer:
     """Tokenises prompts into CLIP ids from ``bpe_simple_vocab_16e6.txt.gz`` (or an uncompressed copy)."""
 
-    def __init__(self, vocab_path, context_length=77):
+    def __init__(self, vocab_path: str | os.PathLike, context_length: int = 77) -> None:
         opener = gzip.open if str(vocab_path).endswith(".gz") else open
         with opener(vocab_path, "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")
@@ -67,7 +69,7 @@ class ClipTokenizer:
         self.pattern = _word_pattern()
         self._bpe = functools.lru_cache(maxsize=100_000)(self._merge)
 
-    def _merge(self, token):
+    def _merge(self, token: str) -> tuple[str, ...]:
         """Apply the BPE merges to one word (already mapped to the byte alphabet); returns its subword strings."""
         parts = list(token[:-1]) + [token[-1] + "</w>"]
         while len(parts) > 1:
@@ -86,7 +88,7 @@ class ClipTokenizer:
             parts = merged
         return tuple(parts)
 
-    def encode(self, text):
+    def encode(self, text: str) -> list[int]:
         alphabet = _byte_alphabet()
         ids = []
         for word in self.pattern.findall(_clean(text)):
@@ -94,7 +96,7 @@ class ClipTokenizer:
             ids.extend(self.encoder[part] for part in self._bpe(mapped))
         return ids
 
-    def __call__(self, texts):
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """int64 array (len(texts), context_length): start, ids, end (kept when truncating), then zeros."""
         out = np.zeros((len(texts), self.context_length), np.int64)
         start, end = self.encoder[START], self.encoder[END]

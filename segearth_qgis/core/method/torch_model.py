@@ -5,6 +5,8 @@ The forward pass has no data-dependent Python control flow (only shape-dependent
 
 import contextlib
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +22,14 @@ from ..common.choices import ATTENTIONS
 from . import simfeatup_cpu
 from .checkpoints import load_state_dict
 from .head import patch_grid_logits, upsampled_logits
-from .simfeatup import apply_stage_kernels, load_simfeatup
+from .simfeatup import JBUOne, apply_stage_kernels, load_simfeatup
 
 # The reference's SegDataPreProcessor constants (CLIP's mean and std times 255, as written in its config).
 REFERENCE_MEAN = (122.771, 116.746, 104.094)
 REFERENCE_STD = (68.501, 66.632, 70.323)
 
 
-def model_config(arch):
+def model_config(arch: str | os.PathLike) -> dict:
     """An open_clip model config: a model name such as ``ViT-B-16``, or the path of a config JSON in that format."""
     path = Path(arch)
     if path.suffix == ".json" or path.is_file():
@@ -41,7 +43,7 @@ def model_config(arch):
     return config
 
 
-def build_clip(arch, quick_gelu):
+def build_clip(arch: str | os.PathLike, quick_gelu: bool) -> CLIP:
     """An untrained open_clip CLIP of the given architecture, with QuickGELU (OpenAI weights) or exact GELU."""
     config = dict(model_config(arch))
     if config.get("custom_text") or "hf_model_name" in config.get("text_cfg", {}) or "multimodal_cfg" in config:
@@ -50,11 +52,11 @@ def build_clip(arch, quick_gelu):
     return CLIP(**config)
 
 
-def _self_softmax(t, scale):
+def _self_softmax(t: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.softmax(t @ t.transpose(-1, -2) * scale, dim=-1)
 
 
-def modified_attention(attn, x, variant):
+def modified_attention(attn: nn.MultiheadAttention, x: torch.Tensor, variant: str) -> torch.Tensor:
     """The last block's attention without residual or FFN: SegEarth = qq+kk+vv, SCLIP = qq+kk, ClearCLIP = qq."""
     batch, tokens, width = x.shape
     heads = attn.num_heads
@@ -74,7 +76,7 @@ def modified_attention(attn, x, variant):
     return attn.out_proj(out)
 
 
-def strict_float32(device):
+def strict_float32(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """On CUDA, cuDNN without TF32 (torch allows it for convolutions by default; matmuls already run in float32)."""
     if device.type != "cuda":
         return contextlib.nullcontext()
@@ -86,7 +88,8 @@ def strict_float32(device):
 class SegEarthModel(nn.Module):
     """The torch backend: ``window_logits`` and ``text_features`` on numpy arrays, as ``segment_image`` expects."""
 
-    def __init__(self, clip, upsampler=None, attention="SegEarth", last_n=1, device="cpu"):
+    def __init__(self, clip: CLIP, upsampler: JBUOne | None = None, attention: str = "SegEarth", last_n: int = 1,
+                 device: str | torch.device = "cpu") -> None:
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
@@ -109,10 +112,10 @@ class SegEarthModel(nn.Module):
         self.to(device).eval()
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return self.clip.visual.conv1.weight.device
 
-    def positional_embedding(self, grid_h, grid_w):
+    def positional_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """The reference's positional embedding: bicubically interpolated (its +0.1 rule) when the count differs."""
         pos = self.clip.visual.positional_embedding
         if grid_h * grid_w + 1 == pos.shape[0]:
@@ -125,7 +128,8 @@ class SegEarthModel(nn.Module):
                              f"expected {(grid_h, grid_w)}")
         return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])
 
-    def encode_windows(self, x, pos_grid=None, with_image_embedding=False):
+    def encode_windows(self, x: torch.Tensor, pos_grid: torch.Tensor | None = None,
+                       with_image_embedding: bool = False) -> tuple[torch.Tensor, ...]:
         """Normalised windows (B, 3, H, W) to the modified block's CLS (B, D) and patch features (B, D, H/p, W/p).
 
         ``pos_grid`` (H/p, W/p, width) gives the patch positional embeddings explicitly (the ONNX graph takes them as
@@ -158,7 +162,7 @@ class SegEarthModel(nn.Module):
             return output[:, 0], patches, visual.ln_post(tokens[:, 0]) @ visual.proj
         return output[:, 0], patches
 
-    def reference_order_logits(self, x, text_features, gba_lambda):
+    def reference_order_logits(self, x: torch.Tensor, text_features: torch.Tensor, gba_lambda: float) -> torch.Tensor:
         """The official order of operations in torch: SimFeatUp at full channel count, then normalise and GBA.
 
         The yardstick of tests and benchmarks, and the CUDA path; on the CPU ``window_logits`` reorders it exactly.
@@ -172,14 +176,15 @@ class SegEarthModel(nn.Module):
         logits = torch.einsum("bdhw,qd->bqhw", features, text_features)
         return logits - gba_lambda * (cls @ text_features.T)[:, :, None, None]
 
-    def reference_order_window_logits(self, windows, text_features, gba_lambda):
+    def reference_order_window_logits(self, windows: np.ndarray, text_features: np.ndarray,
+                                      gba_lambda: float) -> np.ndarray:
         """``reference_order_logits`` on numpy windows and text features, returning numpy logits."""
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(windows, np.float32)).to(self.device)
             text = torch.from_numpy(np.ascontiguousarray(text_features, np.float32)).to(self.device)
             return self.reference_order_logits(x, text, gba_lambda).cpu().numpy()
 
-    def window_logits(self, windows, text_features, gba_lambda):
+    def window_logits(self, windows: np.ndarray, text_features: np.ndarray, gba_lambda: float) -> np.ndarray:
         """GBA cosine logits (B, Q, h, w) for normalised windows: on the CPU through the exact reduced-channel
         SimFeatUp; on CUDA in the official order, which the GPU runs faster than the host-side reordering."""
         if self.device.type == "cuda":
@@ -198,28 +203,28 @@ class SegEarthModel(nn.Module):
                 upsample = lambda grid: self._apply_in_torch(grid, kernels)  # noqa: E731
             return upsampled_logits(cls, patches, text_features, gba_lambda, weight, bias, upsample)
 
-    def _upsampler_weights(self):
+    def _upsampler_weights(self) -> dict[str, np.ndarray]:
         if self._cpu_weights is None:
             self._cpu_weights = simfeatup_cpu.weights_from_upsampler(self.upsampler)
         return self._cpu_weights
 
-    def _correct(self, combined, guidance):
+    def _correct(self, combined: np.ndarray, guidance: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self.upsampler.up.corrected_kernel_channels_last(torch.from_numpy(combined),
                                                                     torch.from_numpy(guidance)).numpy()
 
-    def _apply_in_torch(self, grid, kernels):
+    def _apply_in_torch(self, grid: np.ndarray, kernels: list[torch.Tensor]) -> np.ndarray:
         source = torch.from_numpy(grid).to(self.device).permute(0, 3, 1, 2)
         return apply_stage_kernels(source, kernels, self.upsampler.up.radius).permute(0, 2, 3, 1).cpu().numpy()
 
-    def text_features(self, queries):
+    def text_features(self, queries: Sequence[str]) -> np.ndarray:
         """Per query: the 80 OpenAI ImageNet prompts, each embedding normalised, averaged, normalised again: (Q, D)."""
         key = tuple(queries)
         if key not in self._text_cache:
             self._text_cache[key] = self._encode_queries(key)
         return self._text_cache[key]
 
-    def _encode_queries(self, queries):
+    def _encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         features = []
         with torch.inference_mode():
             for query in queries:
@@ -232,8 +237,10 @@ class SegEarthModel(nn.Module):
         return torch.stack(features).float().cpu().numpy()
 
 
-def load_model_from_checkpoints(clip, upsampler=None, arch="ViT-B-16", quick_gelu=True, attention="SegEarth",
-                                last_n=1, device="cpu"):
+def load_model_from_checkpoints(clip: str | os.PathLike, upsampler: str | os.PathLike | None = None,
+                                arch: str | os.PathLike = "ViT-B-16", quick_gelu: bool = True,
+                                attention: str = "SegEarth", last_n: int = 1,
+                                device: str | torch.device = "cpu") -> SegEarthModel:
     """A ``SegEarthModel`` from an open_clip CLIP state dict and (optionally) a SimFeatUp checkpoint."""
     model = build_clip(arch, quick_gelu)
     model.load_state_dict(load_state_dict(clip), strict=True)

@@ -1,5 +1,6 @@
 """The classes a user types: one class per line, commas between synonyms, each synonym its own text query."""
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,10 +13,10 @@ UNCLASSIFIED = "unclassified"
 class Vocabulary:
     """Classes in order; each class is a tuple of one or more synonyms (the queries)."""
 
-    classes: tuple
+    classes: tuple[tuple[str, ...], ...]
 
     @classmethod
-    def parse(cls, text):
+    def parse(cls, text: str) -> "Vocabulary":
         """Parse ``"background\\nbuilding,roof\\nwater"``: blank lines and blank synonyms are ignored."""
         if not isinstance(text, str):
             raise TypeError("the vocabulary is text: one class per line, commas between synonyms")
@@ -29,29 +30,29 @@ class Vocabulary:
         return cls(tuple(classes))
 
     @classmethod
-    def from_classes(cls, classes):
+    def from_classes(cls, classes: Iterable[str | Sequence[str]]) -> "Vocabulary":
         """Build from a list whose items are a name or a list of synonyms."""
         return cls.parse("\n".join(c if isinstance(c, str) else ",".join(c) for c in classes))
 
     @property
-    def class_names(self):
+    def class_names(self) -> list[str]:
         """The first synonym of each class, the name shown in legends."""
         return [synonyms[0] for synonyms in self.classes]
 
     @property
-    def queries(self):
+    def queries(self) -> list[str]:
         """Every synonym in order: the text queries the model embeds."""
         return [name for synonyms in self.classes for name in synonyms]
 
     @property
-    def query_class(self):
+    def query_class(self) -> np.ndarray:
         """For each query, the index of its class."""
         return np.array([i for i, synonyms in enumerate(self.classes) for _ in synonyms], dtype=np.int64)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.classes)
 
-    def background(self, name=None):
+    def background(self, name: str | None = None) -> tuple[list[str], int]:
         """(class names, background index) for the threshold rule.
 
         ``name`` picks the class whose synonyms include it; without a name, the first background-like line
@@ -65,5 +66,5 @@ class Vocabulary:
                     return self.class_names, index
         return [*self.class_names, name.strip() if name and name.strip() else UNCLASSIFIED], len(self.classes)
 
-    def to_text(self):
+    def to_text(self) -> str:
         return "\n".join(",".join(synonyms) for synonyms in self.classes)

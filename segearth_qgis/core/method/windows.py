@@ -1,12 +1,15 @@
 """The reference's sliding windows: the grid, the patch padding, the batches, and the logits averaged over them."""
 
+from collections.abc import Callable, Iterator, Sequence
+
 import numpy as np
 
 from ..common.feedback import Cancelled
+from .model import SegmentationModel
 from .resize import resize_bilinear
 
 
-def window_boxes(height, width, window, stride):
+def window_boxes(height: int, width: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
     """The reference's sliding-window grid as (y1, y2, x1, x2), rows first; the last window is flush with the border."""
     boxes = []
     rows = max(height - window + stride - 1, 0) // stride + 1
@@ -19,20 +22,23 @@ def window_boxes(height, width, window, stride):
     return boxes
 
 
-def patch_padding(height, width, patch):
+def patch_padding(height: int, width: int, patch: int) -> tuple[int, int, int, int]:
     """Zero padding (left, right, top, bottom) to multiples of the patch size, split as the reference splits it."""
     pad_w = -width % patch
     pad_h = -height % patch
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 
-def normalize(rgb, mean, std):
+def normalize(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 HxWx3 RGB to float32 3xHxW, CLIP-normalised with the reference's constants."""
     chw = np.ascontiguousarray(rgb.transpose(2, 0, 1)).astype(np.float32)
     return (chw - np.asarray(mean, np.float32).reshape(3, 1, 1)) / np.asarray(std, np.float32).reshape(3, 1, 1)
 
 
-def window_batches(model, boxes, crop, text_features, gba_lambda, crop_shape, batch_size=4):
+def window_batches(model: SegmentationModel, boxes: Sequence[tuple[int, int, int, int]],
+                   crop: Callable[[tuple[int, int, int, int]], np.ndarray], text_features: np.ndarray,
+                   gba_lambda: float, crop_shape: tuple[int, int],
+                   batch_size: int = 4) -> Iterator[list[tuple[tuple[int, int, int, int], np.ndarray]]]:
     """Yield ``[(box, logits (queries, h, w)), ...]`` one batch at a time; ``crop(box)`` gives that window's pixels.
 
     Every window has the same ``crop_shape`` (the reference crops min(window, side)); it is zero-padded to whole
@@ -50,8 +56,10 @@ def window_batches(model, boxes, crop, text_features, gba_lambda, crop_shape, ba
         yield list(zip(batch_boxes, logits, strict=True))
 
 
-def sliding_window_logits(model, image, text_features, gba_lambda, window, stride, batch_size=4,
-                          progress=None, cancelled=None):
+def sliding_window_logits(model: SegmentationModel, image: np.ndarray, text_features: np.ndarray, gba_lambda: float,
+                          window: int, stride: int, batch_size: int = 4,
+                          progress: Callable[[int, int], None] | None = None,
+                          cancelled: Callable[[], bool] | None = None) -> np.ndarray:
     """Average the per-window logits over the grid; ``image`` is normalised 3xHxW, the result (queries, H, W)."""
     _, height, width = image.shape
     boxes = window_boxes(height, width, window, stride)
@@ -75,7 +83,8 @@ def sliding_window_logits(model, image, text_features, gba_lambda, window, strid
     return canvas / count
 
 
-def whole_image_logits(model, image, text_features, gba_lambda):
+def whole_image_logits(model: SegmentationModel, image: np.ndarray, text_features: np.ndarray,
+                       gba_lambda: float) -> np.ndarray:
     """One pass over the whole normalised image (positional embeddings interpolated); logits at feature resolution."""
     _, height, width = image.shape
     if height % model.patch_size or width % model.patch_size:

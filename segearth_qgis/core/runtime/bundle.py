@@ -32,7 +32,7 @@ class BundleError(ValueError):
     """A bundle that cannot be used; the message names the file and says what to do."""
 
 
-def file_entries(folder):
+def file_entries(folder: str | os.PathLike) -> dict[str, dict[str, str | int]]:
     """``{relative path: {"sha256", "bytes"}}`` for every file in the bundle except the manifest."""
     folder = Path(folder)
     entries = {}
@@ -41,7 +41,7 @@ def file_entries(folder):
     return entries
 
 
-def read_manifest(folder):
+def read_manifest(folder: str | os.PathLike) -> dict:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise BundleError(f"{folder} is not a model bundle: it has no {MANIFEST}")
@@ -60,13 +60,13 @@ def read_manifest(folder):
 _VERIFIED = {}
 
 
-def _signature(folder, manifest):
+def _signature(folder: Path, manifest: dict) -> tuple[tuple[int, int] | None, ...]:
     """Sizes and modification times of the manifest and every listed file: unchanged means already verified."""
     paths = [folder / MANIFEST, *(folder / name for name in manifest["files"])]
     return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None for p in paths)
 
 
-def verify_bundle(folder):
+def verify_bundle(folder: str | os.PathLike) -> dict:
     """Check every listed file's presence and SHA-256 (once per process while the files stay unchanged)."""
     folder = Path(folder).resolve()
     manifest = read_manifest(folder)
@@ -84,11 +84,11 @@ def verify_bundle(folder):
     return manifest
 
 
-def cache_root():
+def cache_root() -> Path:
     return Path(os.environ.get("SEGEARTH_CACHE_DIR") or Path.home() / ".cache" / "segearth-qgis")
 
 
-def resolve_bundle(path):
+def resolve_bundle(path: str | os.PathLike) -> Path:
     """A bundle folder for ``path``: the folder itself (or its manifest), or a zip unpacked once into the cache."""
     path = Path(path)
     if path.name == MANIFEST and path.is_file():
@@ -117,7 +117,7 @@ def resolve_bundle(path):
     return target
 
 
-def zip_bundle(folder, zip_path=None):
+def zip_bundle(folder: str | os.PathLike, zip_path: str | os.PathLike | None = None) -> Path:
     """Zip a bundle folder with the folder at the zip's root; written to a temporary name, then renamed."""
     folder = Path(folder)
     zip_path = Path(zip_path) if zip_path else folder.with_suffix(".zip")

@@ -1,18 +1,23 @@
 """The one place that knows both backends: a bundle (folder or zip) to a model that ``segment_image`` and the
 pipeline accept, on onnxruntime or torch, with what actually runs reported (like open_clip's factory)."""
 
+import os
+from pathlib import Path
+
 from ..common.choices import BACKENDS
+from ..method.model import SegmentationModel
 from .bundle import BundleError, resolve_bundle, verify_bundle
 from .sessions import DeviceUnavailable, RuntimeReport
 from .store import default_bundle
 
 
-def load_model(path=None, modality="optical", backend="auto", device="auto"):
+def load_model(path: str | os.PathLike | None = None, modality: str = "optical", backend: str = "auto",
+               device: str = "auto") -> SegmentationModel:
     """``load_bundle`` of ``path``, or of the installed default model for ``modality`` when ``path`` is empty."""
     return load_bundle(path or default_bundle(modality), backend, device)
 
 
-def load_bundle(path, backend="auto", device="auto"):
+def load_bundle(path: str | os.PathLike, backend: str = "auto", device: str = "auto") -> SegmentationModel:
     """A model ``segment_image`` accepts, from a bundle folder or zip; its ``runtime`` says what actually runs.
 
     ``backend``: ``onnx`` (onnxruntime), ``torch`` (needs the bundle's checkpoints) or ``auto`` (onnx, else torch
@@ -34,7 +39,7 @@ def load_bundle(path, backend="auto", device="auto"):
         return _load_torch(folder, manifest, device, f"auto: onnxruntime unavailable ({error})")
 
 
-def _load_torch(folder, manifest, device, note):
+def _load_torch(folder: Path, manifest: dict, device: str, note: str) -> SegmentationModel:
     checkpoints = manifest.get("torch")
     if not checkpoints:
         raise BundleError(f"bundle {folder.name} was exported without checkpoints, so it cannot run on the torch "

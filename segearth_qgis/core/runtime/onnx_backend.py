@@ -6,6 +6,8 @@ onnxruntime executes them as 121 memory-bound whole-tensor slices, 10-20x slower
 """
 
 import threading
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +24,7 @@ _TEXT_LOCK = threading.Lock()
 class OnnxModel:
     """A bundle on onnxruntime, with the interface ``segment_image`` expects."""
 
-    def __init__(self, folder, manifest, device="auto", use_numba=True):
+    def __init__(self, folder: Path, manifest: dict, device: str = "auto", use_numba: bool = True) -> None:
         import onnxruntime
 
         self.bundle = folder
@@ -56,7 +58,7 @@ class OnnxModel:
         self.runtime = RuntimeReport("onnx", self.device, providers, f"onnxruntime {onnxruntime.__version__}", note)
         LOG.info("model %s: %s", folder.name, self.runtime)
 
-    def position_grid(self, grid_h, grid_w):
+    def position_grid(self, grid_h: int, grid_w: int) -> np.ndarray:
         """Patch positional embeddings (grid_h, grid_w, width), interpolated as the reference does when needed."""
         key = (grid_h, grid_w)
         if key not in self._grids:
@@ -70,11 +72,11 @@ class OnnxModel:
             self._grids[key] = np.ascontiguousarray(grid, np.float32)
         return self._grids[key]
 
-    def encode_windows(self, windows):
+    def encode_windows(self, windows: np.ndarray) -> list[np.ndarray]:
         grid_h, grid_w = windows.shape[2] // self.patch_size, windows.shape[3] // self.patch_size
         return self.encoder.run(None, {"x": windows, "pos_grid": self.position_grid(grid_h, grid_w)})
 
-    def window_logits(self, windows, text_features, gba_lambda):
+    def window_logits(self, windows: np.ndarray, text_features: np.ndarray, gba_lambda: float) -> np.ndarray:
         windows = np.ascontiguousarray(windows, np.float32)
         cls, patches = self.encode_windows(windows)
         if not self.has_upsampler:
@@ -88,10 +90,10 @@ class OnnxModel:
         return upsampled_logits(cls, patches, text_features, gba_lambda, weights["projection_w"],
                                 weights["projection_b"], upsample)
 
-    def _correct(self, combined, guidance):
+    def _correct(self, combined: np.ndarray, guidance: np.ndarray) -> np.ndarray:
         return self.fixup.run(None, {"combined": combined, "guidance": guidance})[0]
 
-    def _apply_graphs(self, grid, windows, channels_per_run=32):
+    def _apply_graphs(self, grid: np.ndarray, windows: np.ndarray, channels_per_run: int = 32) -> np.ndarray:
         """SimFeatUp's two graphs per window: the kernels stay where they were computed (on the GPU under CUDA,
         bound with io_binding), and the apply graph filters 32 channels per run (exact: every channel is filtered
         alike). onnxruntime runs the graph's 121 slices of a stage as soon as they are ready, so its memory grows
@@ -118,7 +120,7 @@ class OnnxModel:
                 out[n, :, :, start:start + channels_per_run] = apply.copy_outputs_to_cpu()[0][0].transpose(1, 2, 0)
         return out
 
-    def text_features(self, queries):
+    def text_features(self, queries: Sequence[str]) -> np.ndarray:
         """Per query: the manifest's prompt templates, embeddings normalised, averaged, normalised: (Q, D)."""
         key = (self.manifest["files"][bundle_files.TEXT]["sha256"], tuple(self.templates), tuple(queries))
         with _TEXT_LOCK:
@@ -129,7 +131,7 @@ class OnnxModel:
             _TEXT_CACHE[key] = features
         return features
 
-    def _encode_query(self, query):
+    def _encode_query(self, query: str) -> np.ndarray:
         tokens = self.tokenizer([template.replace("{}", query) for template in self.templates])
         embedded = self.text_encoder.run(None, {"tokens": tokens})[0]
         embedded = embedded / np.linalg.norm(embedded, axis=1, keepdims=True)

@@ -6,11 +6,17 @@ session is always checked after creation, ``cuda`` that cannot run is an error, 
 
 import ctypes
 import logging
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..common.choices import DEVICES
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 LOG = logging.getLogger("segearth_qgis")
 # Exact float32 on the GPU: TF32 tensor cores round matmul inputs to 10 bits, far outside the 1e-4 parity budget.
@@ -29,16 +35,16 @@ class RuntimeReport:
 
     backend: str                      # "onnx" or "torch"
     device: str                       # "cuda" or "cpu"
-    providers: list = field(default_factory=list)   # onnxruntime providers in effect, or the torch device
+    providers: list[str] = field(default_factory=list)   # onnxruntime providers in effect, or the torch device
     versions: str = ""
     note: str = ""                    # why the device differs from the request, if it does
 
-    def __str__(self):
+    def __str__(self) -> str:
         text = f"{self.backend} backend ({self.versions}) on {self.device}: {', '.join(self.providers)}"
         return f"{text} [{self.note}]" if self.note else text
 
 
-def _ort():
+def _ort() -> ModuleType:
     try:
         import onnxruntime
     except ImportError as error:
@@ -46,7 +52,7 @@ def _ort():
     return onnxruntime
 
 
-def _preload_cuda_libraries(ort):
+def _preload_cuda_libraries(ort: ModuleType) -> None:
     """Let onnxruntime-gpu find CUDA and cuDNN from the nvidia-* wheels (its documented preload)."""
     preload = getattr(ort, "preload_dlls", None)
     if preload is None:
@@ -57,7 +63,8 @@ def _preload_cuda_libraries(ort):
         LOG.debug("onnxruntime.preload_dlls: %s", error)
 
 
-def _session(path, providers):
+def _session(path: str | os.PathLike,
+             providers: list[str | tuple[str, dict[str, str]]]) -> "onnxruntime.InferenceSession":
     ort = _ort()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -67,7 +74,7 @@ def _session(path, providers):
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def _nvidia_driver_missing():
+def _nvidia_driver_missing() -> str | None:
     """Why CUDA cannot run before trying it (no NVIDIA driver library), or None when a driver is present."""
     if sys.platform == "darwin":
         return "macOS has no CUDA"
@@ -79,14 +86,14 @@ def _nvidia_driver_missing():
     return None
 
 
-def cuda_problem(ort):
+def cuda_problem(ort: ModuleType) -> str | None:
     """None when onnxruntime can plausibly run CUDA here, else the reason it cannot."""
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return f"this onnxruntime ({ort.__version__}) has no CUDA provider; onnxruntime-gpu has"
     return _nvidia_driver_missing()
 
 
-def create_session(path, device):
+def create_session(path: str | os.PathLike, device: str) -> "onnxruntime.InferenceSession":
     """An InferenceSession on ``device`` ("cuda" or "cpu") whose providers in effect match it, else an error."""
     ort = _ort()
     if device == "cpu":
@@ -106,18 +113,18 @@ def create_session(path, device):
 class SessionCache:
     """Sessions shared per (file, device) across models in a process; onnxruntime's run() is thread-safe."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sessions = {}
 
-    def get(self, path, device):
+    def get(self, path: str | os.PathLike, device: str) -> "onnxruntime.InferenceSession":
         key = (str(path), device)
         with self._lock:
             if key not in self._sessions:
                 self._sessions[key] = create_session(path, device)
             return self._sessions[key]
 
-    def release(self, folder):
+    def release(self, folder: str | os.PathLike) -> None:
         """Forget the sessions of every file under ``folder`` (the export's check runs on a folder then renamed)."""
         prefix = str(folder).rstrip("/") + "/"
         with self._lock:
@@ -128,7 +135,7 @@ class SessionCache:
 SESSIONS = SessionCache()
 
 
-def resolve_onnx_device(device, probe_path):
+def resolve_onnx_device(device: str, probe_path: str | os.PathLike) -> tuple[str, str]:
     """The device to use for ``device`` in auto/cuda/cpu, and a note when auto falls back to the CPU."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")

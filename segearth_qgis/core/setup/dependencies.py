@@ -29,13 +29,13 @@ DETECTED = (("onnxruntime-gpu", "onnxruntime"), ("onnxruntime", "onnxruntime"), 
 _DLL_DIRECTORIES = []  # Windows: the handles of the DLL folders added, kept for the life of the process
 
 
-def interpreter_tag():
+def interpreter_tag() -> str:
     """One runtime per Python version, ABI and machine (Apple silicon and Rosetta builds differ), e.g.
     ``cpython-311-linux-x86_64``."""
     return f"{sys.implementation.cache_tag}{getattr(sys, 'abiflags', '')}-{sys.platform}-{platform.machine().lower()}"
 
 
-def runtime_home(profile_dir):
+def runtime_home(profile_dir: str | os.PathLike) -> Path:
     """The folder of this QGIS profile's runtimes, outside the plugin folder (which QGIS replaces on every upgrade).
 
     ``SEGEARTH_RUNTIME_DIR`` wins. Windows: under %LOCALAPPDATA%, which a roaming profile does not copy around and
@@ -51,12 +51,12 @@ def runtime_home(profile_dir):
     return profile_dir / "segearth-runtime"
 
 
-def runtime_root(profile_dir):
+def runtime_root(profile_dir: str | os.PathLike) -> Path:
     """This interpreter's runtimes under the profile's home."""
     return runtime_home(profile_dir) / interpreter_tag()
 
 
-def read_state(root):
+def read_state(root: str | os.PathLike) -> dict:
     """The ``runtime.json`` of ``root``, or {} when there is none or it cannot be read."""
     try:
         state = json.loads((Path(root) / STATE_FILE).read_text(encoding="utf-8"))
@@ -65,7 +65,7 @@ def read_state(root):
     return state if isinstance(state, dict) else {}
 
 
-def write_state(root, state):
+def write_state(root: str | os.PathLike, state: dict) -> None:
     """Replace ``runtime.json`` atomically: a reader sees the old or the new state, never a half-written one."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def write_state(root, state):
     os.replace(temporary, root / STATE_FILE)
 
 
-def active_site(root):
+def active_site(root: str | os.PathLike) -> Path | None:
     """The active environment's folder, or None."""
     name = read_state(root).get("active")
     if not name or Path(name).name != name:
@@ -83,7 +83,7 @@ def active_site(root):
     return site if site.is_dir() else None
 
 
-def activate(profile_dir):
+def activate(profile_dir: str | os.PathLike) -> Path | None:
     """Put this profile's active runtime first on ``sys.path`` (and, on Windows, its CUDA folders on the DLL search
     path); returns the folder, or None when nothing is installed. Never raises: QGIS must start regardless."""
     try:
@@ -95,7 +95,7 @@ def activate(profile_dir):
     return add_site(site)
 
 
-def add_site(site):
+def add_site(site: str | os.PathLike) -> Path:
     """Make the packages in ``site`` importable in this process, ahead of the interpreter's own."""
     site = str(site)
     if site not in sys.path:
@@ -112,7 +112,7 @@ def add_site(site):
     return Path(site)
 
 
-def remove_site(site):
+def remove_site(site: str | os.PathLike) -> None:
     """Take ``site`` off ``sys.path`` (modules already imported from it stay loaded until QGIS restarts)."""
     site = str(site)
     while site in sys.path:
@@ -124,15 +124,15 @@ def remove_site(site):
 class RuntimeStatus:
     """What is importable now, found without importing it: distribution -> (version, folder)."""
 
-    found: dict = field(default_factory=dict)
-    active: Path = None
+    found: dict[str, tuple[str, str]] = field(default_factory=dict)
+    active: Path | None = None
 
-    def describe(self, distribution):
+    def describe(self, distribution: str) -> str:
         version, folder = self.found[distribution]
         where = "runtime folder" if self.active and Path(folder) == self.active else folder
         return f"{distribution} {version} ({where})"
 
-    def summary(self):
+    def summary(self) -> str:
         parts = [self.describe(d) for d in ("onnxruntime-gpu", "onnxruntime") if d in self.found]
         parts = parts or ["onnxruntime: not installed"]
         for distribution, module in (("torch", "torch"), ("open_clip_torch", "open_clip")):
@@ -140,7 +140,7 @@ class RuntimeStatus:
         return "; ".join(parts)
 
 
-def detect(active=None):
+def detect(active: str | os.PathLike | None = None) -> RuntimeStatus:
     """Which of onnxruntime / onnxruntime-gpu / torch / open_clip are installed, their versions and folders.
     Never raises: whatever cannot be looked up counts as not installed."""
     found = {}
@@ -158,7 +158,7 @@ def detect(active=None):
     return RuntimeStatus(found, Path(active).resolve() if active else None)
 
 
-def changed_since_install(root):
+def changed_since_install(root: str | os.PathLike) -> list[tuple[str, str, str]]:
     """(name, version at install, version now) for QGIS's numpy and GDAL when they changed since the runtime in
     ``root`` was installed (a QGIS upgrade): its compiled packages may then need a repair."""
     state = read_state(root)
@@ -174,12 +174,12 @@ def changed_since_install(root):
     return changed
 
 
-def profile_for(module):
+def profile_for(module: str) -> str:
     """The installer profile that provides ``module``."""
     return "full" if module.split(".")[0] in TORCH_MODULES else "onnx"
 
 
-def broken_runtime_message(module, error):
+def broken_runtime_message(module: str, error: BaseException) -> str:
     """What to tell a user whose ``module`` is installed but fails to import (a damaged install, a missing DLL,
     a numpy that changed under it)."""
     return (f"{module} is installed but cannot be imported ({error}). Run Processing Toolbox > SegEarth-OV > Install "
@@ -187,7 +187,7 @@ def broken_runtime_message(module, error):
             "then restart QGIS.")
 
 
-def missing_runtime_message(module):
+def missing_runtime_message(module: str) -> str:
     """What to tell a user whose run needs ``module``: what it is for and the two ways to install it."""
     profile = profile_for(module)
     purpose = ("the torch backend, exports of the official weights and SAR training" if profile == "full"
