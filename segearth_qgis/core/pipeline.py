@@ -87,7 +87,6 @@ def resolve_options(classes: str | None = None, preset: str | None = None, thres
     """
     from .gis.sar import decide_sensor
     from .method.presets import load_preset
-    from .method.vocabulary import Vocabulary
 
     notes = []
     chosen = load_preset(preset) if preset else None
