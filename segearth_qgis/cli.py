@@ -111,13 +111,14 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def export(args):
+    from .core.common.feedback import CallbackFeedback
     from .core.runtime.export import ExportError, export_bundle
 
     try:
         export_bundle(args.clip, args.upsampler, args.arch, args.out, quick_gelu=args.quick_gelu,
                       attention=args.attention, last_n=args.last_n, modality=args.modality,
                       gba_lambda=args.gba_lambda, keep_checkpoints=not args.no_checkpoints, tolerance=args.tolerance,
-                      make_zip=args.zip, overwrite=args.overwrite)
+                      make_zip=args.zip, overwrite=args.overwrite, feedback=CallbackFeedback(log=print))
     except (ExportError, FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"export failed: {error}", file=sys.stderr)
         return 1
@@ -135,10 +136,10 @@ def models(args):
     try:
         if args.action == "download":
             for modality in MODALITIES if args.which == "all" else (args.which,):
-                download_model(modality, progress=feedback.progress, log=feedback.info)
+                download_model(modality, feedback=feedback)
         elif args.action == "install":
             install_bundle(args.bundle, make_default=not args.no_default, overwrite=args.overwrite,
-                           log=feedback.info)
+                           feedback=feedback)
         else:
             found = installed_bundles()
             print(f"model store: {model_store()}")

@@ -68,7 +68,7 @@ def tiny_bundle(tiny_checkpoints, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-optical"
     return export_bundle(tiny_checkpoints["clip"], tiny_checkpoints["upsampler"], tiny_checkpoints["arch"], out,
-                         quick_gelu=True, make_zip=True, log=lambda _: None)
+                         quick_gelu=True, make_zip=True)
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +79,7 @@ def tiny_sar_bundle(tiny_checkpoints, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-sar"
     return export_bundle(tiny_checkpoints["clip"], tiny_checkpoints["upsampler"], tiny_checkpoints["arch"], out,
-                         quick_gelu=False, attention="SCLIP", last_n=2, modality="sar", log=lambda _: None)
+                         quick_gelu=False, attention="SCLIP", last_n=2, modality="sar")
 
 
 _PROVIDERS = []  # the registry does not keep the Python provider objects alive

@@ -29,7 +29,7 @@ def write_reference(out):
     out = Path(out)
     checkpoints = write_random_checkpoints(out / "checkpoints", seed=0)
     bundle = export_bundle(checkpoints["clip"], checkpoints["upsampler"], checkpoints["arch"], out / "tiny-optical",
-                           quick_gelu=True, make_zip=True, log=lambda _: None)
+                           quick_gelu=True, make_zip=True)
     shutil.rmtree(out / "checkpoints")
     scene = write_geotiff(out / "scene.tif", scene_bands(**SCENE))
     qgis_version, result = run_segment(segment_parameters(scene, bundle, out / "reference"))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from osgeo import gdal
 
-from .common.feedback import Cancelled, Feedback, as_feedback
+from .common.feedback import CallbackFeedback, Cancelled, Feedback, as_feedback
 from .common.files import atomic_write
 from .gis.geo import AreaMeter
 from .gis.raster import CONFIDENCE_NODATA, LABEL_NODATA, RasterInputError, RasterWriter, bounded_block_cache
@@ -182,8 +182,9 @@ def _segment_raster(model: SegmentationModel, input_path: str | os.PathLike, out
             from .gis.vectorize import polygonize
 
             feedback.info("polygonizing the classes")
+            # its cancel only: the bar already stands at 100 % (the ConsoleFeedback ends a line at each 100 %)
             polygonize(writers[0].temp, outputs.vector, class_names=class_names, simplify=outputs.simplify,
-                       min_area_m2=outputs.min_area_m2, cancelled=feedback.cancelled)
+                       min_area_m2=outputs.min_area_m2, feedback=CallbackFeedback(cancelled=feedback.cancelled))
             atomic_write(qml_path(outputs.vector), vector_qml(class_names, colors))
             result.outputs["vector"] = str(outputs.vector)
         for writer in writers:

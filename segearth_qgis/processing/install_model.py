@@ -61,13 +61,12 @@ class InstallModelAlgorithm(SegEarthAlgorithm):
         try:
             if bundle:
                 installed.append(install_bundle(bundle, self.parameterAsBool(parameters, "MAKE_DEFAULT", context),
-                                                log=feedback.pushInfo))
+                                                feedback=bridge))
             else:
                 which = self.parameterAsEnumString(parameters, "SOURCE", context)
                 for modality in ("optical", "sar") if which == "all" else (which,):
                     installed.append(runtime_import(lambda modality=modality: download_model(
-                        modality, progress=bridge.progress, cancelled=bridge.cancelled, proxies=qgis_proxies(),
-                        log=feedback.pushInfo)))
+                        modality, feedback=bridge, proxies=qgis_proxies())))
         except Cancelled:
             raise QgsProcessingException("cancelled: nothing was installed (a new run starts the download again)"
                                          ) from None

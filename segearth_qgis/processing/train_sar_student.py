@@ -100,7 +100,7 @@ class TrainSarStudentAlgorithm(SegEarthAlgorithm):
             if self.parameterAsBool(parameters, "INSTALL", context):
                 from ..core.runtime.store import install_bundle
 
-                install_bundle(result.bundle, make_default=True, overwrite=True, log=feedback.pushInfo)
+                install_bundle(result.bundle, make_default=True, overwrite=True, feedback=bridge)
         except Cancelled:
             raise QgsProcessingException("cancelled: the last checkpoint is kept in the training folder; run again "
                                          "with the same folder to continue") from None

@@ -53,7 +53,7 @@ class VectorizeAlgorithm(SegEarthAlgorithm):
             polygonize(layer.source(), output, class_names=names, band=band,
                        simplify=self.parameterAsDouble(parameters, "SIMPLIFY", context),
                        min_area_m2=self.parameterAsDouble(parameters, "MIN_AREA", context),
-                       progress=bridge.progress, cancelled=bridge.cancelled)
+                       feedback=bridge)
         except Cancelled:
             raise QgsProcessingException("cancelled: no output was written") from None
         except (RasterInputError, ValueError) as error:

@@ -174,8 +174,8 @@ def test_qgis_process_auto_sensor_uses_the_sar_bundle(tiny_bundle, tiny_sar_bund
 
     store = tmp_path / "models"
     monkeypatch.setenv("SEGEARTH_MODEL_DIR", str(store))
-    install_bundle(tiny_bundle, log=lambda _: None)
-    install_bundle(tiny_sar_bundle, log=lambda _: None)
+    install_bundle(tiny_bundle)
+    install_bundle(tiny_sar_bundle)
     vv, vh = dual_pol(96, 128)
     source = write(tmp_path / "s1.tif", [vv, vh], descriptions=["VV", "VH"])
     staged = stage_plugin(tmp_path / "plugins")

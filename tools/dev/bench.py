@@ -42,7 +42,7 @@ def _prepare(folder, arch):
 
     checkpoints = write_random_checkpoints(folder / "weights", arch=arch, quick_gelu=True, seed=0)
     export_bundle(checkpoints["clip"], checkpoints["upsampler"], checkpoints["arch"], folder / "bundle",
-                  keep_checkpoints=False, log=lambda _: None)
+                  keep_checkpoints=False)
     (folder / "checkpoints.json").write_text(json.dumps(checkpoints))
 
 

@@ -55,7 +55,7 @@ def smoke_bundle():
         checkpoints = write_random_checkpoints(weights, seed=0)
         export_bundle(checkpoints["clip"], checkpoints["upsampler"], checkpoints["arch"], folder, quick_gelu=True,
                       source={"name": "seeded random weights (smoke test only, meaningless classes)"},
-                      keep_checkpoints=False, overwrite=True, log=lambda _: None)
+                      keep_checkpoints=False, overwrite=True)
     return folder
 
 

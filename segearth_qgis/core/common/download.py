@@ -8,9 +8,12 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
+from email.message import Message
 from pathlib import Path
 
-from .feedback import Cancelled
+from .feedback import Cancelled, Feedback, as_feedback
+from .files import sha256_digest
 
 CHUNK_BYTES = 1024 * 1024
 USER_AGENT = "segearth-qgis"
@@ -27,7 +30,7 @@ class DownloadError(RuntimeError):
 class _AttemptFailed(Exception):
     """One attempt at one URL failed for a reason found here, not raised by urllib."""
 
-    def __init__(self, reason, retry):
+    def __init__(self, reason: str, retry: bool) -> None:
         super().__init__(reason)
         self.retry = retry
 
@@ -35,16 +38,18 @@ class _AttemptFailed(Exception):
 class _RedirectHeaders(urllib.request.HTTPRedirectHandler):
     """Follows redirects as urllib does, showing each redirect response's headers to `note` first."""
 
-    def __init__(self, note):
+    def __init__(self, note: Callable[[Message], None]) -> None:
         self.note = note
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(self, req: urllib.request.Request, fp: object, code: int, msg: str, headers: Message,
+                         newurl: str) -> urllib.request.Request | None:
         self.note(headers)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def fetch(urls, destination, sha256=None, size=None, timeout=30.0, retries=3, backoff=1.0, proxies=None,
-          progress=None, cancelled=None, log=None):
+def fetch(urls: str | Iterable[str], destination: str | os.PathLike, sha256: str | None = None,
+          size: int | None = None, timeout: float = 30.0, retries: int = 3, backoff: float = 1.0,
+          proxies: dict | None = None, feedback: Feedback | None = None) -> dict:
     """Download the first URL of `urls` (mirrors, tried in order) that works into `destination`; returns a dict
     {"path": str, "url": the URL that served it, "sha256": hex digest, "size": bytes,
      "sha256_source": "pinned" | "published" | "computed"}.
@@ -52,9 +57,9 @@ def fetch(urls, destination, sha256=None, size=None, timeout=30.0, retries=3, ba
     Bytes go to `destination + ".partial"`, which a later attempt or call resumes; `destination` appears only once
     the file has the expected size and hash. An existing `destination` that matches `sha256` and `size` (those
     given) is returned without network ("url" None). `proxies` None uses the environment's http(s)_proxy/no_proxy;
-    a dict such as {"https": "http://host:3128"} replaces them. `progress(done, total or None)` is called per chunk,
-    `cancelled()` is checked between chunks (then `Cancelled` is raised and the partial removed), `log(line)` gets
-    one line per attempt, failure and resume.
+    a dict such as {"https": "http://host:3128"} replaces them. `feedback` gets the fraction received after each
+    chunk (once at the end when the size is unknown), one info line per attempt, failure and resume, and is asked
+    between chunks whether to stop (then `Cancelled` is raised and the partial removed).
     """
     urls = [urls] if isinstance(urls, str) else list(urls)
     destination = Path(destination)
@@ -65,7 +70,7 @@ def fetch(urls, destination, sha256=None, size=None, timeout=30.0, retries=3, ba
         destination.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DownloadError(f"Cannot create the folder for {destination.name}: {error}") from error
-    download = _Download(destination, size, timeout, proxies, progress, cancelled, log)
+    download = _Download(destination, size, timeout, proxies, as_feedback(feedback))
     try:
         if destination.is_file():
             found = download.existing(pinned)
@@ -81,39 +86,39 @@ def fetch(urls, destination, sha256=None, size=None, timeout=30.0, retries=3, ba
 class _Download:
     """One call of `fetch`: its opener, its partial file and the hash a host published, if any."""
 
-    def __init__(self, destination, size, timeout, proxies, progress, cancelled, log):
+    def __init__(self, destination: Path, size: int | None, timeout: float, proxies: dict | None,
+                 feedback: Feedback) -> None:
         self.destination = destination
         self.name = destination.name
         self.partial = destination.with_name(destination.name + PARTIAL_SUFFIX)
         self.size = size
         self.timeout = timeout
-        self.progress = progress
-        self.cancelled = cancelled
-        self.say = log or (lambda line: None)
+        self.feedback = feedback
+        self.say = feedback.info
         self.published = None
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler(proxies),
                                                   _RedirectHeaders(self.note_published))
 
-    def note_published(self, headers):
+    def note_published(self, headers: Message) -> None:
         """Keep the first SHA-256 a response publishes (a redirect's comes before the CDN response's)."""
         if self.published is None:
             self.published = _published_sha256(headers)
 
-    def check_cancelled(self):
-        if self.cancelled is not None and self.cancelled():
+    def check_cancelled(self) -> None:
+        if self.feedback.cancelled():
             raise Cancelled(f"download of {self.name} cancelled")
 
-    def existing(self, pinned):
+    def existing(self, pinned: str | None) -> dict | None:
         """The result for a `destination` already in place, or None when it must be downloaded again."""
         found_size = self.destination.stat().st_size
-        digest = _hash_file(self.destination, self.check_cancelled).hexdigest()
+        digest = sha256_digest(self.destination, self.check_cancelled).hexdigest()
         if (pinned is None or digest == pinned) and (self.size is None or found_size == self.size):
             return {"path": str(self.destination), "url": None, "sha256": digest, "size": found_size,
                     "sha256_source": "pinned" if pinned else "computed"}
         self.say(f"{self.name}: the existing file does not match the expected SHA-256 or size; downloading it again")
         return None
 
-    def first_working(self, urls, retries, backoff):
+    def first_working(self, urls: list[str], retries: int, backoff: float) -> tuple[str, str, int]:
         """(url, hex digest, size) from the first URL that delivers the whole file, else DownloadError."""
         attempts = max(1, retries)
         failures = []
@@ -137,14 +142,14 @@ class _Download:
                             f"proxy settings, then try again.{kept} Or download the file by hand from one of these "
                             f"URLs and install it offline as {self.destination}.")
 
-    def wait(self, seconds):
+    def wait(self, seconds: float) -> None:
         """Sleep between attempts, still answering a cancel within a tenth of a second."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             self.check_cancelled()
             time.sleep(min(left, 0.1))
 
-    def stream(self, url):
+    def stream(self, url: str) -> tuple[str, int]:
         """One attempt: resume or start the partial from `url`; (hex digest, size) once the server sent it all."""
         offset = self.partial.stat().st_size if self.partial.exists() else 0
         if self.size is not None and offset > self.size:
@@ -175,7 +180,7 @@ class _Download:
                     self.partial.unlink(missing_ok=True)
                     raise _AttemptFailed(f"the server resumed at byte {start}, not {offset}; starting over",
                                          retry=True)
-                digest = _hash_file(self.partial, self.check_cancelled) if offset else hashlib.sha256()
+                digest = sha256_digest(self.partial, self.check_cancelled) if offset else hashlib.sha256()
                 mode = "ab" if offset else "wb"
             else:
                 if offset:
@@ -188,7 +193,8 @@ class _Download:
             raise _AttemptFailed(f"connection cut after {done - offset} of {length} bytes", retry=True)
         return digest.hexdigest(), done
 
-    def receive(self, response, mode, digest, done, total):
+    def receive(self, response: http.client.HTTPResponse, mode: str, digest: "hashlib._Hash", done: int,
+                total: int | None) -> int:
         """Append the response body to the partial chunk by chunk; the byte count reached."""
         try:
             out = open(self.partial, mode)
@@ -206,24 +212,26 @@ class _Download:
                 except OSError as error:
                     raise DownloadError(f"Cannot write {self.partial} (free some disk space?): {error}") from error
                 done += len(chunk)
-                if self.progress is not None:
-                    self.progress(done, total)
+                if total:
+                    self.feedback.progress(min(done / total, 1.0))
             out.flush()
             os.fsync(out.fileno())
+        if not total:
+            self.feedback.progress(1.0)
         return done
 
-    def range_not_satisfiable(self, url, offset, headers):
+    def range_not_satisfiable(self, url: str, offset: int, headers: Message) -> tuple[str, int]:
         """A 416 to our Range: the partial is whole if it has the expected size, else it is dropped and refetched."""
         self.note_published(headers)
         expected = self.size if self.size is not None else _content_range(headers)[1]
         if expected == offset:
             self.say(f"{self.name}: the partial file is already complete ({offset} bytes)")
-            return _hash_file(self.partial, self.check_cancelled).hexdigest(), offset
+            return sha256_digest(self.partial, self.check_cancelled).hexdigest(), offset
         self.say(f"{self.name}: the server cannot resume at byte {offset}; starting over")
         self.partial.unlink()
         return self.stream(url)
 
-    def install(self, url, digest, received, pinned):
+    def install(self, url: str, digest: str, received: int, pinned: str | None) -> dict:
         """Check size and hash, then move the partial to the destination; DownloadError (partial removed) if wrong."""
         advice = "The download was discarded; try again, and if it persists report the URL."
         if self.size is not None and received != self.size:
@@ -247,7 +255,7 @@ class _Download:
                 "sha256_source": source}
 
 
-def _published_sha256(headers):
+def _published_sha256(headers: Message) -> str | None:
     """The lower-case SHA-256 in X-Linked-Etag or ETag, if one is exactly 64 hex digits once unquoted."""
     for name in HASH_HEADERS:
         value = (headers.get(name) or "").strip()
@@ -257,7 +265,7 @@ def _published_sha256(headers):
     return None
 
 
-def _content_range(headers):
+def _content_range(headers: Message) -> tuple[int | None, int | None]:
     """(first byte or None, total size or None) from a Content-Range header."""
     match = CONTENT_RANGE.fullmatch((headers.get("Content-Range") or "").strip())
     if match is None:
@@ -265,20 +273,11 @@ def _content_range(headers):
     return _integer(match.group(1)), _integer(match.group(2))
 
 
-def _integer(text):
+def _integer(text: str | None) -> int | None:
     return int(text) if text and text.strip().isdigit() else None
 
 
-def _hash_file(path, check_cancelled):
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        while block := source.read(CHUNK_BYTES):
-            digest.update(block)
-            check_cancelled()
-    return digest
-
-
-def _describe(error, timeout):
+def _describe(error: Exception, timeout: float) -> tuple[str, bool]:
     """(short reason, whether the same URL deserves another attempt) for a failed attempt."""
     if isinstance(error, _AttemptFailed):
         return str(error), error.retry

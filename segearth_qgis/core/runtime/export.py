@@ -22,9 +22,10 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch.export import Dim
 
 from ..common.choices import MODALITIES
+from ..common.feedback import Feedback, as_feedback
 from ..method.simfeatup import apply_stage_kernels
 from ..method.simfeatup_cpu import weights_from_upsampler
-from ..method.torch_model import REFERENCE_MEAN, REFERENCE_STD, load_model_from_checkpoints, model_config
+from ..method.torch_model import REFERENCE_MEAN, REFERENCE_STD, SegEarthModel, load_model_from_checkpoints, model_config
 from . import bundle as bundle_files
 from .sessions import SESSIONS
 
@@ -36,63 +37,66 @@ class ExportError(RuntimeError):
 
 
 class _Encoder(torch.nn.Module):
-    def __init__(self, model):
+    def __init__(self, model: SegEarthModel) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x, pos_grid):
+    def forward(self, x: torch.Tensor, pos_grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.encode_windows(x, pos_grid)
 
 
 class _Text(torch.nn.Module):
-    def __init__(self, clip):
+    def __init__(self, clip: torch.nn.Module) -> None:
         super().__init__()
         self.clip = clip
 
-    def forward(self, tokens):
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_text(tokens)
 
 
 class _Kernels(torch.nn.Module):
-    def __init__(self, upsampler):
+    def __init__(self, upsampler: torch.nn.Module) -> None:
         super().__init__()
         self.upsampler = upsampler
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.upsampler.stage_kernels(x))
 
 
 class _Fixup(torch.nn.Module):
-    def __init__(self, stage):
+    def __init__(self, stage: torch.nn.Module) -> None:
         super().__init__()
         self.stage = stage
 
-    def forward(self, combined, guidance):
+    def forward(self, combined: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         return self.stage.corrected_kernel_channels_last(combined, guidance)
 
 
 class _Apply(torch.nn.Module):
-    def __init__(self, radius):
+    def __init__(self, radius: int) -> None:
         super().__init__()
         self.radius = radius
 
-    def forward(self, features, kernel1, kernel2, kernel3, kernel4):
+    def forward(self, features: torch.Tensor, kernel1: torch.Tensor, kernel2: torch.Tensor, kernel3: torch.Tensor,
+                kernel4: torch.Tensor) -> torch.Tensor:
         return apply_stage_kernels(features, [kernel1, kernel2, kernel3, kernel4], self.radius)
 
 
-def _dynamo_export(module, args, path, dynamic_shapes, names):
+def _dynamo_export(module: torch.nn.Module, args: tuple, path: Path, dynamic_shapes: dict,
+                   names: tuple[list[str], list[str]]) -> None:
     torch.onnx.export(module.eval(), args, str(path), dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=OPSET,
                       external_data=False, input_names=names[0], output_names=names[1], verbose=False)
 
 
-def _script_export(module, args, path, names, dynamic_axes):
+def _script_export(module: torch.nn.Module, args: tuple, path: Path, names: tuple[list[str], list[str]],
+                   dynamic_axes: dict) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=OPSET, input_names=names[0],
                           output_names=names[1], dynamic_axes=dynamic_axes)
 
 
-def _export_graphs(model, folder, window):
+def _export_graphs(model: SegEarthModel, folder: Path, window: int) -> None:
     batch, grid_h, grid_w = Dim("batch"), Dim("grid_h", min=3), Dim("grid_w", min=3)
     grid = window // model.patch_size
     x = torch.randn(2, 3, window, window)
@@ -124,12 +128,13 @@ def _export_graphs(model, folder, window):
     np.savez(folder / bundle_files.WEIGHTS, **weights_from_upsampler(model.upsampler))
 
 
-def _relative_error(ours, reference):
+def _relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
     reference = np.asarray(reference, np.float64)
     return float(np.abs(np.asarray(ours, np.float64) - reference).max() / max(1.0, np.abs(reference).max()))
 
 
-def _validate(model, folder, manifest, window, tolerance, log):
+def _validate(model: SegEarthModel, folder: Path, manifest: dict, window: int, tolerance: float,
+              feedback: Feedback) -> dict[str, float]:
     """Run torch and onnxruntime on the same random inputs; returns the errors, raises if one exceeds the tolerance."""
     from .onnx_backend import OnnxModel
 
@@ -159,15 +164,16 @@ def _validate(model, folder, manifest, window, tolerance, log):
                 errors[f"logits_graph_apply_{height}x{width}"] = _relative_error(
                     graph_model.window_logits(windows, text, 0.3), reference)
     worst = max(errors.values())
-    log("export check, largest relative difference (onnxruntime vs torch) per output, tolerance "
-        f"{tolerance:g}:\n" + "\n".join(f"  {name}: {value:.2e}" for name, value in errors.items()))
+    feedback.info("export check, largest relative difference (onnxruntime vs torch) per output, tolerance "
+                  f"{tolerance:g}:\n" + "\n".join(f"  {name}: {value:.2e}" for name, value in errors.items()))
     if worst > tolerance:
         raise ExportError(f"the exported graphs differ from torch by {worst:.2e} (> tolerance {tolerance:g}); "
                           "no bundle was written")
     return errors
 
 
-def _copy_checkpoints(folder, clip, upsampler, config):
+def _copy_checkpoints(folder: Path, clip: str | os.PathLike, upsampler: str | os.PathLike | None,
+                      config: dict) -> dict:
     target = folder / bundle_files.TORCH_DIR
     target.mkdir()
     entry = {"clip": f"{bundle_files.TORCH_DIR}/clip{Path(clip).suffix or '.pt'}",
@@ -180,10 +186,14 @@ def _copy_checkpoints(folder, clip, upsampler, config):
     return entry
 
 
-def export_bundle(clip, upsampler, arch, out, quick_gelu=True, attention="SegEarth", last_n=1, modality="optical",
-                  gba_lambda=0.3, window=224, source=None, keep_checkpoints=True, tolerance=1e-4, make_zip=False,
-                  overwrite=False, log=print):
-    """Export and validate a bundle into the folder ``out`` (written under a temporary name, renamed when valid)."""
+def export_bundle(clip: str | os.PathLike, upsampler: str | os.PathLike | None, arch: str, out: str | os.PathLike,
+                  quick_gelu: bool = True, attention: str = "SegEarth", last_n: int = 1, modality: str = "optical",
+                  gba_lambda: float = 0.3, window: int = 224, source: dict | None = None,
+                  keep_checkpoints: bool = True, tolerance: float = 1e-4, make_zip: bool = False,
+                  overwrite: bool = False, feedback: Feedback | None = None) -> Path:
+    """Export and validate a bundle into the folder ``out`` (written under a temporary name, renamed when valid);
+    what it does and the check's differences go to ``feedback``'s info lines."""
+    feedback = as_feedback(feedback)
     out = Path(out)
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
@@ -198,7 +208,8 @@ def export_bundle(clip, upsampler, arch, out, quick_gelu=True, attention="SegEar
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        log(f"exporting {arch} ({attention}, last {last_n}, {'QuickGELU' if quick_gelu else 'GELU'}) to ONNX ...")
+        feedback.info(f"exporting {arch} ({attention}, last {last_n}, {'QuickGELU' if quick_gelu else 'GELU'}) to "
+                      "ONNX ...")
         _export_graphs(model, partial, window)
         np.save(partial / bundle_files.POSITIONS, visual.positional_embedding.detach().float().numpy())
         shutil.copy2(default_bpe(), partial / bundle_files.VOCAB)
@@ -222,7 +233,8 @@ def export_bundle(clip, upsampler, arch, out, quick_gelu=True, attention="SegEar
         }
         manifest["files"] = bundle_files.file_entries(partial)
         manifest["validation"] = {"tolerance": tolerance,
-                                  "relative_errors": _validate(model, partial, manifest, window, tolerance, log)}
+                                  "relative_errors": _validate(model, partial, manifest, window, tolerance,
+                                                                       feedback)}
         (partial / bundle_files.MANIFEST).write_text(json.dumps(manifest, indent=1))
         if out.exists():
             shutil.rmtree(out)
@@ -230,7 +242,7 @@ def export_bundle(clip, upsampler, arch, out, quick_gelu=True, attention="SegEar
     finally:
         SESSIONS.release(partial)
         shutil.rmtree(partial, ignore_errors=True)
-    log(f"bundle written: {out}")
+    feedback.info(f"bundle written: {out}")
     if make_zip:
-        log(f"zip written: {bundle_files.zip_bundle(out)}")
+        feedback.info(f"zip written: {bundle_files.zip_bundle(out)}")
     return out

@@ -7,6 +7,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from ..common.feedback import Feedback, as_feedback
 from ..common.files import atomic_write
 from ..common.resources import resource_path
 from . import bundle as bundle_files
@@ -19,12 +20,12 @@ DEFAULTS_FILE = "defaults.json"
 _CONFIGURED_STORE = {"path": None}
 
 
-def configure_model_store(path):
+def configure_model_store(path: str | os.PathLike | None) -> None:
     """The store folder a front end chose (the plugin's Processing setting); None goes back to the default."""
     _CONFIGURED_STORE["path"] = Path(path) if path else None
 
 
-def model_store():
+def model_store() -> Path:
     """Where installed models live: ``SEGEARTH_MODEL_DIR``, else the folder ``configure_model_store`` was given, else
     the user's data folder (outside the plugin, so upgrading the plugin keeps them)."""
     override = os.environ.get("SEGEARTH_MODEL_DIR")
@@ -36,7 +37,7 @@ def model_store():
     return Path(data) / "segearth-qgis" / "models"
 
 
-def chosen_defaults():
+def chosen_defaults() -> dict[str, str]:
     """``{modality: bundle name}`` chosen in the store (``defaults.json``); empty when none was chosen."""
     try:
         chosen = json.loads((model_store() / DEFAULTS_FILE).read_text())
@@ -45,7 +46,7 @@ def chosen_defaults():
     return {k: v for k, v in chosen.items() if k in DEFAULT_BUNDLES and isinstance(v, str)}
 
 
-def set_default_bundle(modality, name):
+def set_default_bundle(modality: str, name: str) -> None:
     """Make the installed bundle ``name`` the default model for ``modality`` imagery."""
     if not (model_store() / name / bundle_files.MANIFEST).is_file():
         raise BundleError(f"no bundle named {name} is installed in {model_store()}")
@@ -53,7 +54,7 @@ def set_default_bundle(modality, name):
     atomic_write(model_store() / DEFAULTS_FILE, json.dumps(chosen, indent=1))
 
 
-def default_bundle(modality):
+def default_bundle(modality: str) -> Path:
     """The installed default bundle for ``optical`` or ``sar`` imagery; BundleError saying how to get one."""
     if modality not in DEFAULT_BUNDLES:
         raise ValueError(f"modality must be optical or sar, not {modality!r}")
@@ -72,7 +73,7 @@ SOURCES_FORMAT = "segearth-ov-model-sources"
 DOWNLOADS_DIR = "downloads"
 
 
-def sources():
+def sources() -> dict:
     """The model sources: ``SEGEARTH_MODEL_SOURCES`` (an enterprise mirror's list) or ``resources/models.json``."""
     path = Path(os.environ.get("SEGEARTH_MODEL_SOURCES") or resource_path("models.json"))
     try:
@@ -91,7 +92,7 @@ def sources():
     return data
 
 
-def installed_bundles():
+def installed_bundles() -> list[dict]:
     """The bundles in the store: name, path, modality, size in bytes, and whether each is its modality's default."""
     store = model_store()
     if not store.is_dir():
@@ -111,7 +112,7 @@ def installed_bundles():
     return found
 
 
-def _bundle_name(source):
+def _bundle_name(source: str | os.PathLike) -> str:
     """A bundle's name: its folder's name, or for a zip the folder at its root, else the zip's stem."""
     source = Path(source)
     if source.is_dir() or source.name == bundle_files.MANIFEST:
@@ -122,8 +123,11 @@ def _bundle_name(source):
     return roots.pop() if len(roots) == 1 else source.stem
 
 
-def install_bundle(source, make_default=True, overwrite=False, log=print):
-    """Copy a bundle (folder or zip, verified first) into the store; optionally make it its modality's default."""
+def install_bundle(source: str | os.PathLike, make_default: bool = True, overwrite: bool = False,
+                   feedback: Feedback | None = None) -> Path:
+    """Copy a bundle (folder or zip, verified first) into the store; optionally make it its modality's default.
+    What was done goes to ``feedback``'s info lines."""
+    feedback = as_feedback(feedback)
     name = _bundle_name(source)
     folder = bundle_files.resolve_bundle(source)
     manifest = verify_bundle(folder)
@@ -142,21 +146,25 @@ def install_bundle(source, make_default=True, overwrite=False, log=print):
         if target.exists():
             shutil.rmtree(target)
         os.replace(partial, target)
-        log(f"installed {name} ({manifest['modality']}) into {target}")
+        feedback.info(f"installed {name} ({manifest['modality']}) into {target}")
     if make_default:
         set_default_bundle(manifest["modality"], name)
-        log(f"{name} is now the default {manifest['modality']} model")
+        feedback.info(f"{name} is now the default {manifest['modality']} model")
     return target
 
 
-def download_model(modality, progress=None, cancelled=None, proxies=None, log=print, timeout=60.0, retries=5):
+def download_model(modality: str, feedback: Feedback | None = None, proxies: dict | None = None,
+                   timeout: float = 60.0, retries: int = 5) -> Path:
     """Download the official weights of ``optical`` or ``sar``, export them into the default bundle, return its path.
 
     The files are verified against a pinned SHA-256, or the one the host publishes; otherwise the hash of the first
-    download is recorded in the bundle's manifest. Exporting needs torch and open_clip.
+    download is recorded in the bundle's manifest. Exporting needs torch and open_clip. Each file's download has an
+    equal share of ``feedback``'s progress and the export the last one; ``feedback`` also gets the files' origins,
+    licences and hashes, and its cancel stops the downloads.
     """
     from ..common.download import fetch
 
+    feedback = as_feedback(feedback)
     catalogue = sources()
     if modality not in catalogue["models"]:
         raise ValueError(f"no model source for {modality!r}; the list has {', '.join(catalogue['models'])}")
@@ -170,18 +178,14 @@ def download_model(modality, progress=None, cancelled=None, proxies=None, log=pr
     downloads = model_store() / DOWNLOADS_DIR
     fetched = {}
     roles = ("clip", "upsampler")
+    share = 1 / (len(roles) + 1)
     for index, role in enumerate(roles):
         entry = catalogue["files"][model[role]]
-        log(f"{entry['filename']}: {entry['origin']}. Licence: {entry['licence']}")
-
-        def part_progress(done, total, index=index):
-            if progress is not None:
-                progress((index + (done / total if total else 0.0)) / (len(roles) + 1))
-
+        feedback.info(f"{entry['filename']}: {entry['origin']}. Licence: {entry['licence']}")
         fetched[role] = fetch(entry["urls"], str(downloads / entry["filename"]), sha256=entry.get("sha256"),
                               size=entry.get("size"), timeout=timeout, retries=retries, proxies=proxies,
-                              progress=part_progress, cancelled=cancelled, log=log)
-        log(f"{entry['filename']}: SHA-256 {fetched[role]['sha256']} ({fetched[role]['sha256_source']})")
+                              feedback=feedback.part(index * share, share))
+        feedback.info(f"{entry['filename']}: SHA-256 {fetched[role]['sha256']} ({fetched[role]['sha256_source']})")
     source = {role: {"name": model[role], "file": catalogue["files"][model[role]]["filename"],
                      "url": fetched[role]["url"], "sha256": fetched[role]["sha256"],
                      "sha256_source": fetched[role]["sha256_source"],
@@ -190,11 +194,10 @@ def download_model(modality, progress=None, cancelled=None, proxies=None, log=pr
     export_bundle(fetched["clip"]["path"], fetched["upsampler"]["path"], model["arch"], target,
                   quick_gelu=model["quick_gelu"], attention=model["attention"], last_n=model["last_n"],
                   modality=modality, gba_lambda=model["gba_lambda"], source=source, keep_checkpoints=True,
-                  overwrite=True, log=log)
+                  overwrite=True, feedback=feedback.part(len(roles) * share, share))
     for role in roles:
         Path(fetched[role]["path"]).unlink(missing_ok=True)
     set_default_bundle(modality, model["bundle"])
-    if progress is not None:
-        progress(1.0)
-    log(f"the default {modality} model is {target}")
+    feedback.progress(1.0)
+    feedback.info(f"the default {modality} model is {target}")
     return target

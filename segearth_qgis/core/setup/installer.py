@@ -22,12 +22,13 @@ import threading
 import time
 import zipfile
 import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.choices import PROFILES
 from ..common.download import DownloadError, fetch
-from ..common.feedback import Cancelled, Feedback
+from ..common.feedback import Cancelled, Feedback, as_feedback
 from ..common.resources import resource_path
 from .dependencies import PROFILE_MODULES, active_site, add_site, read_state, remove_site, write_state
 
@@ -96,7 +97,7 @@ class GpuProbe:
     gpus: list = field(default_factory=list)   # (name, (major, minor) compute capability or None)
     problem: str = None
 
-    def describe(self):
+    def describe(self) -> str:
         names = ", ".join(f"{name} (compute {cc[0]}.{cc[1]})" if cc else name for name, cc in self.gpus)
         cuda = f"CUDA {self.driver_cuda[0]}.{self.driver_cuda[1]}" if self.driver_cuda else "CUDA version unknown"
         return f"{names or 'no GPU listed'}; driver {self.driver_version or 'version unknown'}, {cuda}"
@@ -160,12 +161,12 @@ print("SEGEARTH-CHECK " + json.dumps(report))
 """
 
 
-def _hidden_window():
+def _hidden_window() -> dict:
     """Keep pip's console window from flashing up on Windows."""
     return {"creationflags": subprocess.CREATE_NO_WINDOW} if sys.platform == "win32" else {}
 
 
-def _child_environment(temporary=None, proxies=None):
+def _child_environment(temporary: str | os.PathLike | None = None, proxies: dict | None = None) -> dict:
     """QGIS's environment for pip and the probes; pip's own settings that would redirect or refuse the install are
     overridden, its temporary files go to ``temporary`` (removed with the install's scratch folder, also on
     cancel), and QGIS's proxy is passed in the environment (not on a command line that others can read)."""
@@ -180,12 +181,12 @@ def _child_environment(temporary=None, proxies=None):
     return env
 
 
-def _run(command, timeout=60):
+def _run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_child_environment(),  # nosec B603
                           **_hidden_window())
 
 
-def interpreter_candidates():
+def interpreter_candidates() -> list[Path]:
     """Where the interpreter QGIS embeds may be, most likely first. ``sys.executable`` is not always it: QGIS does
     not set it, so it can be the QGIS binary (Windows, macOS) or the first python3 on PATH (Linux)."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -209,7 +210,7 @@ def interpreter_candidates():
     return list(dict.fromkeys(candidates))
 
 
-def find_interpreter(candidates=None):
+def find_interpreter(candidates: Iterable[str | os.PathLike] | None = None) -> Path:
     """The interpreter whose ``sys.prefix`` and version are this process's: a subprocess check of each candidate."""
     want = (os.path.realpath(sys.prefix), sys.version)
     tried = []
@@ -231,7 +232,7 @@ def find_interpreter(candidates=None):
                        "with that interpreter (README: In QGIS).")
 
 
-def probe_gpu(python):
+def probe_gpu(python: str | os.PathLike) -> GpuProbe:
     """The NVIDIA driver's CUDA version and GPUs, asked in a separate process (a broken driver cannot crash QGIS);
     nvidia-smi answers when the driver library does not load from Python."""
     if sys.platform == "darwin":
@@ -257,12 +258,12 @@ def probe_gpu(python):
     return probe
 
 
-def _compute_capability(text):
+def _compute_capability(text: str) -> tuple[int, int] | None:
     match = re.match(r"(\d+)\.(\d+)", text)
     return (int(match[1]), int(match[2])) if match else None
 
 
-def gpu_problem(probe, driver_error=None):
+def gpu_problem(probe: GpuProbe, driver_error: str | None = None) -> str | None:
     """Why onnxruntime-gpu (CUDA 13) cannot run with this driver and these GPUs, or None when it can."""
     if not probe.gpus:
         return driver_error or "no NVIDIA GPU found"
@@ -284,7 +285,7 @@ def gpu_problem(probe, driver_error=None):
     return None
 
 
-def plan_install(profile, gpu, probe, offline):
+def plan_install(profile: str, gpu: str, probe: GpuProbe | None, offline: bool) -> Plan:
     """The requirements for ``profile`` (onnx or full) with ``gpu`` auto/cuda/cpu, given the driver probe."""
     if profile not in PROFILES:
         raise InstallError(f"PROFILE must be one of {', '.join(PROFILES)}, got {profile!r}")
@@ -320,16 +321,16 @@ def plan_install(profile, gpu, probe, offline):
     return Plan(profile, requirements, index_arguments, use_gpu, notes)
 
 
-def _old_or_intel_mac():
+def _old_or_intel_mac() -> bool:
     release = re.match(r"(\d+)", platform.mac_ver()[0] or "")
     return platform.machine() != "arm64" or (release is not None and int(release[1]) < 14)
 
 
-def _pinned(name):
+def _pinned(name: str) -> str:
     return next(r.split("==")[1] for r in PINS["profiles"]["full"] if r.startswith(f"{name}=="))
 
 
-def qgis_constraints(runtime_root=None, installing=()):
+def qgis_constraints(runtime_root: str | os.PathLike | None = None, installing: Iterable[str] = ()) -> dict[str, str]:
     """pip constraints that pin what the running QGIS has: its scientific stack and every distribution it has
     already imported (those cannot be replaced under it), except copies in our own runtime folder and the
     distributions this install is for (``installing``: requirement strings)."""
@@ -356,7 +357,7 @@ def qgis_constraints(runtime_root=None, installing=()):
     return pins
 
 
-def _pip_version(python):
+def _pip_version(python: str | os.PathLike) -> tuple[int, int] | None:
     try:
         answer = _run([str(python), "-m", "pip", "--version"], timeout=120)
     except (OSError, subprocess.SubprocessError):
@@ -365,23 +366,25 @@ def _pip_version(python):
     return (int(match[1]), int(match[2])) if match else None
 
 
-def pip_command(python, tools_dir, wheels=None, proxies=None, log=print, cancelled=None):
+def pip_command(python: str | os.PathLike, tools_dir: str | os.PathLike, wheels: str | os.PathLike | None = None,
+                proxies: dict | None = None, feedback: Feedback | None = None) -> list[str]:
     """How to run pip: the interpreter's own (22.2 or newer), else a pip wheel run in place (an interpreter without
     pip, e.g. Debian's python3 without python3-pip): from the wheel folder, the interpreter's bundled wheels, or
-    downloaded (pinned by SHA-256)."""
+    downloaded (pinned by SHA-256; ``feedback`` sees the download and can cancel it)."""
+    feedback = as_feedback(feedback)
     version = _pip_version(python)
     if version and version >= PIP_MIN:
         return [str(python), "-m", "pip"]
-    log(f"pip: {'pip ' + '.'.join(map(str, version)) + ' is too old' if version else 'the interpreter has no pip'}; "
-        "running pip from a wheel")
+    found = f"pip {'.'.join(map(str, version))} is too old" if version else "the interpreter has no pip"
+    feedback.info(f"pip: {found}; running pip from a wheel")
     for folder in ([Path(wheels)] if wheels else []) + bundled_pip_folders() + [Path(tools_dir)]:
         for wheel in sorted(folder.glob("pip-*.whl"), key=_wheel_version, reverse=True) if folder.is_dir() else []:
             if _wheel_version(wheel) >= PIP_MIN:
                 return [str(python), str(wheel / "pip")]
     urls = [os.environ[PIP_WHEEL_URL_ENV]] if os.environ.get(PIP_WHEEL_URL_ENV) else PIP_WHEEL_URLS
     try:
-        fetched = fetch(urls, Path(tools_dir) / PIP_WHEEL, sha256=PIP_WHEEL_SHA256, proxies=proxies, log=log,
-                        cancelled=cancelled)
+        fetched = fetch(urls, Path(tools_dir) / PIP_WHEEL, sha256=PIP_WHEEL_SHA256, proxies=proxies,
+                        feedback=feedback)
     except DownloadError as error:
         raise InstallError(f"QGIS's Python has no usable pip and {PIP_WHEEL} could not be downloaded ({error}); put "
                            "a pip wheel into the wheel folder (the README's pip download command includes pip)"
@@ -389,28 +392,29 @@ def pip_command(python, tools_dir, wheels=None, proxies=None, log=print, cancell
     return [str(python), str(Path(fetched["path"]) / "pip")]
 
 
-def bundled_pip_folders():
+def bundled_pip_folders() -> list[Path]:
     """Where the interpreter keeps pip wheels of its own: ensurepip's, or Debian's python3-pip-whl."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     return [Path(sys.base_prefix) / "lib" / version / "ensurepip" / "_bundled",
             Path(sys.base_prefix) / "Lib" / "ensurepip" / "_bundled", Path("/usr/share/python-wheels")]
 
 
-def _wheel_version(path):
+def _wheel_version(path: str | os.PathLike) -> tuple[int, int]:
     match = re.match(r"pip-(\d+)\.(\d+)", Path(path).name)
     return (int(match[1]), int(match[2])) if match else (0, 0)
 
 
 class _PipRun:
-    """One pip (or interpreter) subprocess: its lines go to the log as they come, cancel kills it."""
+    """One pip (or interpreter) subprocess: its lines go to ``feedback``'s info as they come, pip's phases to its
+    progress, and its cancel kills it."""
 
-    def __init__(self, command, log, cancelled, progress=None, env=None):
-        self.command, self.log, self.cancelled, self.progress = command, log, cancelled, progress
+    def __init__(self, command: list[str], feedback: Feedback, env: dict | None = None) -> None:
+        self.command, self.feedback = command, feedback
         self.env = env or _child_environment()
         self.lines = []
         self.fraction = 0.0
 
-    def run(self):
+    def run(self) -> int:
         process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,  # nosec B603
                                    encoding="utf-8", errors="replace", env=self.env, **_hidden_window())
         lines = queue.Queue()
@@ -419,7 +423,7 @@ class _PipRun:
         reader.start()
         try:
             while True:
-                if self.cancelled():
+                if self.feedback.cancelled():
                     raise Cancelled("cancelled")
                 try:
                     line = lines.get(timeout=0.2)
@@ -439,19 +443,18 @@ class _PipRun:
                     process.wait()
             process.stdout.close()
 
-    def _line(self, line):
+    def _line(self, line: str) -> None:
         if not line.strip():
             return
         self.lines.append(line)
-        self.log(f"  {line}")
-        if self.progress:
-            for prefix, fraction in PIP_PHASES:
-                if line.lstrip().startswith(prefix) and fraction > self.fraction:
-                    self.fraction = fraction
-                    self.progress(fraction)
+        self.feedback.info(f"  {line}")
+        for prefix, fraction in PIP_PHASES:
+            if line.lstrip().startswith(prefix) and fraction > self.fraction:
+                self.fraction = fraction
+                self.feedback.progress(fraction)
 
 
-def diagnose(lines, pins):
+def diagnose(lines: Sequence[str], pins: dict[str, str]) -> str:
     """The first known cause in pip's output, phrased as what to do, or ''."""
     text = "\n".join(lines)
     for pattern, advice in DIAGNOSES:
@@ -464,7 +467,7 @@ def diagnose(lines, pins):
     return ""
 
 
-def _wheel_folder(wheels, scratch):
+def _wheel_folder(wheels: str | os.PathLike, scratch: str | os.PathLike) -> Path:
     """``wheels`` as a folder holding the wheels at its top: a zip, or a folder with wheels in subfolders, is
     gathered into ``scratch``."""
     path = Path(wheels)
@@ -495,7 +498,7 @@ def _wheel_folder(wheels, scratch):
     return folder
 
 
-def _in_use(folder):
+def _in_use(folder: str | os.PathLike) -> bool:
     """Whether this process has imported a module from ``folder`` (its files must stay until QGIS restarts)."""
     prefix = str(Path(folder).resolve()) + os.sep
     for module in list(sys.modules.values()):
@@ -505,7 +508,7 @@ def _in_use(folder):
     return False
 
 
-def _cleanup_inactive(root, log, keep=()):
+def _cleanup_inactive(root: str | os.PathLike, feedback: Feedback, keep: Iterable[str] = ()) -> None:
     """Delete the environments that are neither active nor in ``keep`` nor loaded in this process, nor an install
     that another QGIS is running now (marked incomplete, and recent)."""
     active = read_state(root).get("active")
@@ -515,15 +518,17 @@ def _cleanup_inactive(root, log, keep=()):
         if folder.name == active or folder.name in keep or running:
             continue
         if _in_use(folder):
-            log(f"kept {folder.name}: this QGIS has loaded modules from it; it goes at an install after a restart")
+            feedback.info(f"kept {folder.name}: this QGIS has loaded modules from it; it goes at an install after a "
+                          "restart")
             continue
         shutil.rmtree(folder, ignore_errors=True)
         if folder.exists():
-            log(f"could not delete all of {folder} (files in use, e.g. by another QGIS); it goes at a later install")
+            feedback.info(f"could not delete all of {folder} (files in use, e.g. by another QGIS); it goes at a later "
+                          "install")
 
 
 @contextlib.contextmanager
-def install_lock(root):
+def install_lock(root: str | os.PathLike) -> Iterator[None]:
     """One install or uninstall at a time per runtime folder, across QGIS windows and qgis_process."""
     handle = open(Path(root) / ".install.lock", "a+")  # noqa: SIM115 (held until the with-block ends)
     try:
@@ -545,8 +550,9 @@ def install_lock(root):
         handle.close()
 
 
-def install(root, profile="onnx", gpu="auto", wheels=None, index_url=None, proxies=None, feedback=None,
-            python=None):
+def install(root: str | os.PathLike, profile: str = "onnx", gpu: str = "auto", wheels: str | os.PathLike | None = None,
+            index_url: str | None = None, proxies: dict | None = None, feedback: Feedback | None = None,
+            python: str | os.PathLike | None = None) -> InstallResult:
     """Install ``profile`` into a new environment under ``root`` and make it the active one.
 
     ``wheels``: a folder or zip of wheels (offline: nothing else is used). ``index_url``: a package index instead of
@@ -558,10 +564,11 @@ def install(root, profile="onnx", gpu="auto", wheels=None, index_url=None, proxi
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     with install_lock(root):
-        return _install(root, profile, gpu, wheels, index_url, proxies, feedback or Feedback(), python)
+        return _install(root, profile, gpu, wheels, index_url, proxies, as_feedback(feedback), python)
 
 
-def _install(root, profile, gpu, wheels, index_url, proxies, feedback, python):
+def _install(root: Path, profile: str, gpu: str, wheels: str | os.PathLike | None, index_url: str | None,
+             proxies: dict | None, feedback: Feedback, python: str | os.PathLike | None) -> InstallResult:
     previous = read_state(root)
     previous_site = active_site(root)
     kept = (f"the previous runtime ({previous.get('profile')} profile, {previous_site.name}) is still in use"
@@ -569,7 +576,7 @@ def _install(root, profile, gpu, wheels, index_url, proxies, feedback, python):
     scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=root))
     site = None
     try:
-        _cleanup_inactive(root, feedback.info)
+        _cleanup_inactive(root, feedback)
         python = Path(python) if python else find_interpreter()
         feedback.info(f"QGIS's Python: {python} (Python {platform.python_version()}, {sys.platform} "
                       f"{platform.machine()})")
@@ -614,12 +621,14 @@ def _install(root, profile, gpu, wheels, index_url, proxies, feedback, python):
         remove_site(previous_site)
     result.restart_needed = any(module in sys.modules for module in PROFILE_MODULES[plan.profile])
     add_site(site)
-    _cleanup_inactive(root, feedback.info, keep=[previous_site.name] if previous_site else [])
+    _cleanup_inactive(root, feedback, keep=[previous_site.name] if previous_site else [])
     feedback.progress(1.0)
     return result
 
 
-def _install_into(site, scratch, root, plan, pins, python, folder, index_url, proxies, feedback):
+def _install_into(site: Path, scratch: Path, root: Path, plan: Plan, pins: dict[str, str], python: Path,
+                  folder: Path | None, index_url: str | None, proxies: dict | None,
+                  feedback: Feedback) -> InstallResult:
     env = _child_environment(scratch, None if folder else proxies)
     index = []
     if folder:
@@ -627,7 +636,8 @@ def _install_into(site, scratch, root, plan, pins, python, folder, index_url, pr
         feedback.info(f"offline: installing from the wheels in {folder}")
     elif index_url:
         index = ["--index-url", index_url]
-    pip = pip_command(python, root / "tools", folder, proxies, feedback.info, feedback.cancelled)
+    unmoved = feedback.part(0.0, 0.0)  # finding pip and resolving leave the bar at 0; it moves when they are done
+    pip = pip_command(python, root / "tools", folder, proxies, unmoved)
     constraints = scratch / "constraints.txt"
     constraints.write_text("".join(f"{name}=={version}\n" for name, version in pins.items()), encoding="utf-8")
     feedback.info("kept as QGIS has them: " + ", ".join(f"{k} {v}" for k, v in pins.items() if k in QGIS_STACK))
@@ -637,7 +647,7 @@ def _install_into(site, scratch, root, plan, pins, python, folder, index_url, pr
     report = scratch / "report.json"
     feedback.info("resolving against QGIS's Python: " + " ".join(plan.requirements))
     resolve = _PipRun([*pip, "install", "--dry-run", "--report", str(report), *common, *plan.requirements],
-                      feedback.info, feedback.cancelled, env=env)
+                      unmoved, env=env)
     if resolve.run() != 0 or not report.is_file():
         raise InstallError("pip could not resolve the packages: " + (diagnose(resolve.lines, pins) or
                                                                      " | ".join(resolve.lines[-3:])))
@@ -652,15 +662,15 @@ def _install_into(site, scratch, root, plan, pins, python, folder, index_url, pr
     if wanted:
         feedback.info(f"installing {len(wanted)} packages into {site}")
         step = _PipRun([*pip, "install", "--target", str(site), "--no-deps", "--no-warn-script-location",
-                        *common, *(f"{name}=={version}" for name, version in wanted)], feedback.info,
-                       feedback.cancelled, lambda f: feedback.progress(0.1 + 0.75 * f), env=env)
+                        *common, *(f"{name}=={version}" for name, version in wanted)], feedback.part(0.1, 0.75),
+                       env=env)
         if step.run() != 0:
             raise InstallError("pip could not install the packages: " + (diagnose(step.lines, pins) or
                                                                          " | ".join(step.lines[-3:])))
     feedback.progress(0.88)
     feedback.info("checking the new runtime in a separate Python")
     check = _PipRun([str(python), "-c", _CHECK_IMPORTS, str(site), ",".join(plan_modules(plan))],
-                    lambda line: None, feedback.cancelled, env=env)
+                    feedback.part(0.88, 0.0, info=False), env=env)
     code = check.run()
     report_line = next((line for line in reversed(check.lines) if line.startswith("SEGEARTH-CHECK ")), None)
     if code != 0 or report_line is None:
@@ -676,24 +686,24 @@ def _install_into(site, scratch, root, plan, pins, python, folder, index_url, pr
     return InstallResult(None, dict(wanted), provided, checked["modules"])
 
 
-def plan_modules(plan):
+def plan_modules(plan: Plan) -> list[str]:
     """The profile's modules that this plan installs (an old Mac's plan has no numba)."""
     names = {_canonical(_requirement_name(r)) for r in plan.requirements}
     return [m for m in PROFILE_MODULES[plan.profile] if m != "numba" or "numba" in names]
 
 
-def _canonical(name):
+def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _requirement_name(requirement):
+def _requirement_name(requirement: str) -> str:
     return re.split(r"[\[=<>~!;]", requirement)[0]
 
 
-def uninstall(root, feedback=None):
+def uninstall(root: str | os.PathLike, feedback: Feedback | None = None) -> InstallResult:
     """Deactivate and delete the runtime under ``root``; what this QGIS has imported from it stays loaded (and its
     folder stays) until QGIS restarts."""
-    feedback = feedback or Feedback()
+    feedback = as_feedback(feedback)
     root = Path(root)
     if not root.is_dir():
         feedback.info(f"no runtime was installed under {root}")
@@ -702,7 +712,7 @@ def uninstall(root, feedback=None):
         return _uninstall(root, feedback)
 
 
-def _uninstall(root, feedback):
+def _uninstall(root: Path, feedback: Feedback) -> InstallResult:
     site = active_site(root)
     state = read_state(root)
     if state:
@@ -711,6 +721,6 @@ def _uninstall(root, feedback):
     if site is not None:
         remove_site(site)
     restart = site is not None and _in_use(site)
-    _cleanup_inactive(root, feedback.info)
+    _cleanup_inactive(root, feedback)
     feedback.info(f"removed {site}" if site else f"no runtime was installed under {root}")
     return InstallResult(None, {}, [], {}, restart_needed=restart)

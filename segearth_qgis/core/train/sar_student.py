@@ -460,6 +460,6 @@ def _export(student: "SegEarthModel", teacher: Teacher, out_dir: Path, settings:
     bundle = export_bundle(str(clip_path), teacher.upsampler, teacher.arch, target,
                            quick_gelu=teacher.quick_gelu, attention=SAR_ATTENTION, last_n=SAR_LAST_N, modality="sar",
                            gba_lambda=teacher.gba_lambda, window=settings.window, source=source, overwrite=True,
-                           log=feedback.info)
+                           feedback=feedback)
     (out_dir / "training.json").write_text(json.dumps({**asdict(result), "bundle": str(bundle)}, indent=1))
     return bundle

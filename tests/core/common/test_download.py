@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from segearth_qgis.core.common.download import CHUNK_BYTES, DownloadError, fetch
-from segearth_qgis.core.common.feedback import Cancelled
+from segearth_qgis.core.common.feedback import CallbackFeedback, Cancelled
 
 PAYLOAD = random.Random(7).randbytes(2 * CHUNK_BYTES + 54_321)  # two whole chunks and a short one
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -105,7 +105,8 @@ class Handler(BaseHTTPRequestHandler):
     def answer(self, status, headers, body=b""):
         self.send_response(status)
         for name, value in headers.items():
-            self.send_header(name, value)
+            if value is not None:  # None: the header is left out
+                self.send_header(name, value)
         self.end_headers()
         if body:
             self.wfile.write(body)
@@ -142,11 +143,17 @@ def names(folder):
     return sorted(path.name for path in folder.iterdir())
 
 
+def received(fraction):
+    """The bytes of PAYLOAD that a reported fraction stands for."""
+    return round(fraction * len(PAYLOAD))
+
+
 def test_download_verified_against_pinned_sha256(host, tmp_path):
     destination = tmp_path / "models" / "optical" / NAME
     calls, lines = [], []
     result = fetch([host.url + FILE], destination, sha256=DIGEST.upper(), size=len(PAYLOAD), backoff=0,
-                   progress=lambda done, total: calls.append((done, total)), log=lines.append)
+                   feedback=CallbackFeedback(progress=lambda f: calls.append((received(f), len(PAYLOAD))),
+                                             log=lines.append))
     assert destination.read_bytes() == PAYLOAD
     assert result == {"path": str(destination), "url": host.url + FILE, "sha256": DIGEST, "size": len(PAYLOAD),
                       "sha256_source": "pinned"}
@@ -183,7 +190,8 @@ def test_etag_that_is_not_a_sha256_is_only_recorded(host, tmp_path):
 def test_resume_after_the_server_cuts_the_connection(host, tmp_path):
     host.cut.add(FILE)
     lines = []
-    result = fetch([host.url + FILE], tmp_path / NAME, sha256=DIGEST, retries=2, backoff=0, log=lines.append)
+    result = fetch([host.url + FILE], tmp_path / NAME, sha256=DIGEST, retries=2, backoff=0,
+                   feedback=CallbackFeedback(log=lines.append))
     assert [seen.range for seen in host.requests] == [None, f"bytes={HALF}-"]
     assert (tmp_path / NAME).read_bytes() == PAYLOAD
     assert result["sha256"] == DIGEST and result["size"] == len(PAYLOAD)
@@ -265,7 +273,8 @@ def test_404_on_every_mirror(host, tmp_path):
 def test_server_errors_and_429_are_retried(host, tmp_path):
     host.failures[FILE] = [503, 429]
     lines = []
-    result = fetch([host.url + FILE], tmp_path / NAME, sha256=DIGEST, retries=3, backoff=0, log=lines.append)
+    result = fetch([host.url + FILE], tmp_path / NAME, sha256=DIGEST, retries=3, backoff=0,
+                   feedback=CallbackFeedback(log=lines.append))
     assert host.paths() == [FILE] * 3
     assert result["sha256"] == DIGEST
     assert any("HTTP 503" in line for line in lines) and any("HTTP 429" in line for line in lines)
@@ -291,11 +300,20 @@ def test_stalled_server_times_out(host, tmp_path, stall):
         assert kept and PAYLOAD.startswith(kept)
 
 
+def test_unknown_size_reports_progress_once_complete(host, tmp_path):
+    host.headers[FILE] = {"Content-Length": None}  # the body ends when the server closes the connection
+    seen = []
+    result = fetch([host.url + FILE], tmp_path / NAME, sha256=DIGEST, backoff=0,
+                   feedback=CallbackFeedback(progress=seen.append))
+    assert result["size"] == len(PAYLOAD) and (tmp_path / NAME).read_bytes() == PAYLOAD
+    assert seen == [1.0]
+
+
 def test_cancel_after_the_first_chunk(host, tmp_path):
     calls = []
     with pytest.raises(Cancelled):
-        fetch([host.url + FILE], tmp_path / NAME, backoff=0, progress=lambda done, total: calls.append(done),
-              cancelled=lambda: bool(calls))
+        fetch([host.url + FILE], tmp_path / NAME, backoff=0,
+              feedback=CallbackFeedback(progress=lambda f: calls.append(received(f)), cancelled=lambda: bool(calls)))
     assert calls == [CHUNK_BYTES]
     assert names(tmp_path) == []
 

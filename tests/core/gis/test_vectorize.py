@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
 
-from segearth_qgis.core.common.feedback import Cancelled
+from segearth_qgis.core.common.feedback import CallbackFeedback, Cancelled
 from segearth_qgis.core.gis.geo import AreaMeter, pixel_size_metres
 from segearth_qgis.core.gis.vectorize import polygonize
 
@@ -313,7 +313,7 @@ def test_cancel_at_any_point_leaves_nothing(tmp_path, suffix, min_area):
             return len(calls) >= stop_at
 
         try:
-            polygonize(raster, output, min_area_m2=min_area, cancelled=cancelled)
+            polygonize(raster, output, min_area_m2=min_area, feedback=CallbackFeedback(cancelled=cancelled))
             completed = True
             break
         except Cancelled:
@@ -334,14 +334,14 @@ def test_cancel_keeps_an_existing_output(tmp_path):
         return len(calls) > 3
 
     with pytest.raises(Cancelled):
-        polygonize(raster, output, simplify=0.5, cancelled=cancel_late)
+        polygonize(raster, output, simplify=0.5, feedback=CallbackFeedback(cancelled=cancel_late))
     assert {p.name: md5(p) for p in tmp_path.iterdir()} == before
 
 
 def test_progress_runs_to_one(tmp_path):
     raster = write_classes(tmp_path / "classes.tif", sample_labels())
     seen = []
-    polygonize(raster, tmp_path / "polygons.fgb", min_area_m2=0.5, progress=seen.append)
+    polygonize(raster, tmp_path / "polygons.fgb", min_area_m2=0.5, feedback=CallbackFeedback(progress=seen.append))
     assert seen and seen[-1] == 1.0
     assert all(0.0 <= f <= 1.0 for f in seen) and seen == sorted(seen)
 

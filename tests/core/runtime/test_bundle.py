@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from segearth_qgis.core import Vocabulary, segment_image
+from segearth_qgis.core.common.feedback import CallbackFeedback
 from segearth_qgis.core.runtime.bundle import BundleError, verify_bundle
 from segearth_qgis.core.runtime.loader import load_bundle
 from segearth_qgis.core.runtime.sessions import DeviceUnavailable, cuda_problem
@@ -157,7 +158,7 @@ def test_export_refuses_outputs_beyond_the_tolerance(tiny_checkpoints, tmp_path)
     messages = []
     with pytest.raises(ExportError, match="no bundle was written"):
         export_bundle(tiny_checkpoints["clip"], None, tiny_checkpoints["arch"], tmp_path / "strict", tolerance=0.0,
-                      log=messages.append)
+                      feedback=CallbackFeedback(log=messages.append))
     assert not list(tmp_path.iterdir())
     from segearth_qgis.core.runtime.sessions import SESSIONS
 
@@ -169,7 +170,7 @@ def test_bundle_without_upsampler_or_checkpoints(tiny_checkpoints, tmp_path, sce
     from segearth_qgis.core.runtime.export import export_bundle
 
     out = export_bundle(tiny_checkpoints["clip"], None, tiny_checkpoints["arch"], tmp_path / "plain",
-                        keep_checkpoints=False, log=lambda _: None)
+                        keep_checkpoints=False)
     manifest = verify_bundle(out)
     assert manifest["upsampler"] is None and manifest["torch"] is None and not (out / "torch").exists()
     result = segment_image(load_bundle(out, device="cpu"), scene, VOCAB)

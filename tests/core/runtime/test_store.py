@@ -15,6 +15,7 @@ from osgeo import gdal
 from rasters import scene_bands, write_geotiff
 
 from segearth_qgis.core import Vocabulary, segment_image
+from segearth_qgis.core.common.feedback import CallbackFeedback
 from segearth_qgis.core.runtime.bundle import BundleError, read_manifest
 from segearth_qgis.core.runtime.loader import load_model
 from segearth_qgis.core.runtime.store import default_bundle, download_model, install_bundle, installed_bundles, sources
@@ -117,7 +118,7 @@ def test_download_exports_the_default_bundle_and_records_hashes(store, tmp_path,
     monkeypatch.setenv("SEGEARTH_MODEL_SOURCES",
                        str(_sources_file(tmp_path / "mirror.json", base, tiny_checkpoints, files, pinned)))
     fractions = []
-    target = download_model("optical", progress=fractions.append, log=lambda _: None, timeout=10, retries=1)
+    target = download_model("optical", CallbackFeedback(progress=fractions.append), timeout=10, retries=1)
     assert target == store / "tiny-default" and default_bundle("optical") == target
     assert requests[:2] == ["/missing/clip.pt", "/hub/clip.pt"]  # 404 on the first mirror, then the second
     manifest = read_manifest(target)
@@ -140,7 +141,7 @@ def tiny_checkpoints_bundle(tiny_checkpoints, tmp_path):
     from segearth_qgis.core.runtime.export import export_bundle
 
     return export_bundle(tiny_checkpoints["clip"], tiny_checkpoints["upsampler"], tiny_checkpoints["arch"],
-                         tmp_path / "direct", keep_checkpoints=False, log=lambda _: None)
+                         tmp_path / "direct", keep_checkpoints=False)
 
 
 def test_a_wrong_pinned_hash_installs_nothing(store, tmp_path, tiny_checkpoints, weights_server, monkeypatch):
@@ -150,21 +151,21 @@ def test_a_wrong_pinned_hash_installs_nothing(store, tmp_path, tiny_checkpoints,
     monkeypatch.setenv("SEGEARTH_MODEL_SOURCES",
                        str(_sources_file(tmp_path / "mirror.json", base, tiny_checkpoints, files, "0" * 64)))
     with pytest.raises(DownloadError, match="simfeatup.ckpt"):
-        download_model("optical", log=lambda _: None, timeout=10, retries=1)
+        download_model("optical", timeout=10, retries=1)
     assert not (store / "tiny-default").exists() and installed_bundles() == []
     assert not (store / "downloads" / "simfeatup.ckpt").exists()
 
 
 def test_offline_zip_install_becomes_the_default(store, tiny_bundle):
-    installed = install_bundle(tiny_bundle.with_suffix(".zip"), log=lambda _: None)
+    installed = install_bundle(tiny_bundle.with_suffix(".zip"))
     assert installed == store / "tiny-optical"
     assert default_bundle("optical") == installed
     entries = installed_bundles()
     assert [(e["name"], e["modality"], e["default"]) for e in entries] == [("tiny-optical", "optical", True)]
     assert entries[0]["bytes"] == sum(p.stat().st_size for p in installed.rglob("*") if p.is_file())
     with pytest.raises(FileExistsError):
-        install_bundle(tiny_bundle, log=lambda _: None)
-    install_bundle(tiny_bundle, overwrite=True, make_default=False, log=lambda _: None)
+        install_bundle(tiny_bundle)
+    install_bundle(tiny_bundle, overwrite=True, make_default=False)
     assert default_bundle("optical") == installed
 
 

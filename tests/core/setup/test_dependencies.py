@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from osgeo import gdal
 from qgis.PyQt.QtWidgets import QPushButton
 from rasters import read_band, scene_bands, write_geotiff
 
-from segearth_qgis.core.common.feedback import Cancelled
+from segearth_qgis.core.common.feedback import Cancelled, Feedback
 from segearth_qgis.core.gis.raster import category_names
 from segearth_qgis.core.setup import dependencies, installer
 from tools.build.environment import ROOT
@@ -30,8 +31,8 @@ needs_wheels = pytest.mark.skipif(not WHEELS, reason="python3 build.py test prov
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-class Recorder:
-    """The core Feedback interface, recording; ``cancel_after`` lines of log cancel the run."""
+class Recorder(Feedback):
+    """The core Feedback, recording; ``cancel_after`` lines of log cancel the run."""
 
     def __init__(self, cancel_after=None):
         self.lines, self.fractions, self.cancel_after = [], [], cancel_after
@@ -258,6 +259,23 @@ def test_pip_diagnoses_say_what_to_do():
     assert installer.diagnose(["something else"], {}) == ""
 
 
+def test_pip_run_logs_its_lines_reports_pip_phases_and_stops_at_a_cancel():
+    recorder = Recorder()
+    script = "print('Collecting numpy'); print(); print('Installing collected packages: numpy')"
+    run = installer._PipRun([sys.executable, "-c", script], recorder.part(0.1, 0.75))
+    assert run.run() == 0
+    assert recorder.lines == ["  Collecting numpy", "  Installing collected packages: numpy"]
+    assert recorder.fractions == pytest.approx([0.1 + 0.75 * 0.05, 0.1 + 0.75 * 0.6])
+    quiet = Recorder()
+    assert installer._PipRun([sys.executable, "-c", script], quiet.part(0.88, 0.0, info=False)).run() == 0
+    assert quiet.lines == [] and set(quiet.fractions) == {0.88}
+    stopped = Recorder(cancel_after=1)
+    began = time.monotonic()
+    with pytest.raises(Cancelled, match="cancelled"):
+        installer._PipRun([sys.executable, "-c", "import time; print('Collecting a'); time.sleep(60)"], stopped).run()
+    assert time.monotonic() - began < 30 and stopped.lines == ["  Collecting a"]
+
+
 @pytest.fixture(scope="module")
 def wheel_folder():
     if not WHEELS:
@@ -275,14 +293,14 @@ def test_pip_is_bootstrapped_from_a_pinned_wheel_when_the_interpreter_has_none(w
     try:
         monkeypatch.setenv(installer.PIP_WHEEL_URL_ENV, f"http://127.0.0.1:{server.server_port}/{installer.PIP_WHEEL}")
         monkeypatch.setattr(installer, "bundled_pip_folders", list)  # as if Debian's python3-pip-whl were absent
-        command = installer.pip_command(bare / "bin" / "python", tmp_path / "tools", log=lambda line: None)
+        command = installer.pip_command(bare / "bin" / "python", tmp_path / "tools")
     finally:
         server.shutdown()
     assert command == [str(bare / "bin" / "python"), str(tmp_path / "tools" / installer.PIP_WHEEL / "pip")]
     version = subprocess.run([*command, "--version"], capture_output=True, text=True, check=True).stdout
     assert version.startswith("pip " + installer.PIP_WHEEL.split("-")[1])
     # A wheel folder with pip in it needs no download at all.
-    assert installer.pip_command(bare / "bin" / "python", tmp_path / "t2", wheel_folder, log=lambda line: None)[1] \
+    assert installer.pip_command(bare / "bin" / "python", tmp_path / "t2", wheel_folder)[1] \
         .startswith(str(wheel_folder))
 
 
