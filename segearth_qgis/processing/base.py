@@ -8,6 +8,8 @@ from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
     QgsRasterLayer,
     QgsSettings,
 )
@@ -24,16 +26,29 @@ MISSING_RUNTIME_LISTENERS = []  # the desktop's install prompt (gui/install_prom
 
 
 class SegEarthAlgorithm(QgsProcessingAlgorithm):
-    """Base of the provider's algorithms; subclasses define name, parameters and processAlgorithm."""
+    """Base of the provider's algorithms: a subclass declares NAME (its stable id), DISPLAY_NAME, HELP and, outside
+    the mapping group, GROUP and GROUP_ID, and defines initAlgorithm and processAlgorithm."""
+
+    NAME = DISPLAY_NAME = HELP = ""
+    GROUP, GROUP_ID = "Open-vocabulary mapping", "mapping"
 
     def createInstance(self):
         return type(self)()
 
+    def name(self):
+        return self.NAME
+
+    def displayName(self):
+        return self.DISPLAY_NAME
+
+    def shortHelpString(self):
+        return self.HELP
+
     def group(self):
-        return "Open-vocabulary mapping"
+        return self.GROUP
 
     def groupId(self):
-        return "mapping"
+        return self.GROUP_ID
 
     def icon(self):
         return QIcon(str(resource_path("icon.svg")))
@@ -52,6 +67,20 @@ def configure_model_store():
     from ..core.runtime.store import configure_model_store as configure
 
     configure(QgsSettings().value(f"Processing/Configuration/{MODEL_DIR_SETTING}", "", type=str) or None)
+
+
+def choice(name, description, options, default=None, optional=False):
+    """An enum parameter whose value is the option's text (stable in models and qgis_process), not its index."""
+    parameter = QgsProcessingParameterEnum(name, description, options=list(options), defaultValue=default,
+                                           optional=optional)
+    parameter.setUsesStaticStrings(True)
+    return parameter
+
+
+def bundle_file(name, description):
+    """An optional model bundle: its folder's manifest.json, or its .zip."""
+    return QgsProcessingParameterFile(name, description, FILE, optional=True,
+                                      fileFilter="Model bundles (manifest.json *.zip);;All files (*)")
 
 
 def advanced(parameter):

@@ -7,7 +7,6 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFileDestination,
@@ -18,10 +17,10 @@ from qgis.core import (
 )
 
 from .. import compat
-from .base import INTEGER, ProcessingFeedbackBridge, SegEarthAlgorithm, advanced
+from .base import INTEGER, ProcessingFeedbackBridge, SegEarthAlgorithm, advanced, choice
 
-HELP = """Scores a classified raster (such as the output of <i>Map classes</i>) against reference labels, with the \
-metric of the SegEarth-OV papers (mmseg's IoUMetric): per class IoU = TP / (TP + FP + FN) and accuracy, mIoU over \
+HELP_TEXT = """Scores a classified raster (such as the output of <i>Map classes</i>) against reference labels, with \
+the metric of the SegEarth-OV papers (mmseg's IoUMetric): per class IoU = TP / (TP + FP + FN) and accuracy, mIoU over \
 the classes that occur, pixel accuracy, and for two-class sets the foreground IoU.
 <h3>Reference</h3>
 Either a <b>label raster</b> (one band of class values; warped onto the classified grid with nearest neighbour when \
@@ -39,14 +38,9 @@ confusion matrix as a PNG; the table is in the log."""
 
 
 class EvaluateAlgorithm(SegEarthAlgorithm):
-    def name(self):
-        return "evaluate"
-
-    def displayName(self):
-        return "Evaluate against reference labels (IoU, mIoU)"
-
-    def shortHelpString(self):
-        return HELP
+    NAME = "evaluate"
+    DISPLAY_NAME = "Evaluate against reference labels (IoU, mIoU)"
+    HELP = HELP_TEXT
 
     def initAlgorithm(self, config=None):
         from ..core.method.presets import preset_names
@@ -58,10 +52,8 @@ class EvaluateAlgorithm(SegEarthAlgorithm):
                                                               optional=True))
         self.addParameter(QgsProcessingParameterField("CLASS_FIELD", "Class field of the polygons (index or name)",
                                                       parentLayerParameterName="REFERENCE_POLYGONS", optional=True))
-        preset = QgsProcessingParameterEnum("PRESET", "Dataset preset (classes and label encoding)",
-                                            options=preset_names(), optional=True)
-        preset.setUsesStaticStrings(True)
-        self.addParameter(preset)
+        self.addParameter(choice("PRESET", "Dataset preset (classes and label encoding)", preset_names(),
+                                 optional=True))
         self.addParameter(QgsProcessingParameterString("LABEL_MAP", "Label map (e.g. 128-255:1, 7:ignore, "
                                                        "forest:tree)", optional=True))
         self.addParameter(advanced(QgsProcessingParameterNumber("IGNORE_INDEX", "Ignore index (default the "

@@ -6,50 +6,38 @@ from qgis.core import (
     QgsProcessingOutputBoolean,
     QgsProcessingOutputFolder,
     QgsProcessingOutputString,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterString,
 )
 
 from ..compat import FILE, FOLDER
 from ..core.common.choices import GPU_PACKAGES, INSTALL_ACTIONS, PROFILES
-from .base import ProcessingFeedbackBridge, SegEarthAlgorithm, advanced, qgis_proxies, runtime_root
+from .base import ProcessingFeedbackBridge, SegEarthAlgorithm, advanced, choice, qgis_proxies, runtime_root
 
 
 class InstallDependenciesAlgorithm(SegEarthAlgorithm):
-    def name(self):
-        return "install_dependencies"
-
-    def displayName(self):
-        return "Install dependencies"
-
-    def group(self):
-        return "Set-up"
-
-    def groupId(self):
-        return "setup"
-
-    def shortHelpString(self):
-        return ("Installs the Python packages SegEarth-OV needs into QGIS's own Python, with pip, in a folder of "
-                "this QGIS profile outside the plugin (upgrading or reinstalling the plugin keeps it).<br>"
-                "<b>PROFILE</b> <i>onnx</i> (enough to map with model bundles): onnxruntime, as onnxruntime-gpu "
-                "with the CUDA 13 and cuDNN wheels where an NVIDIA GPU and a driver for CUDA 13 (580 or newer) are "
-                "found, else the CPU package (the log says why). <i>full</i> adds torch and open_clip (torch "
-                "backend, downloads of the official weights, SAR training).<br>QGIS's numpy, GDAL and everything "
-                "QGIS has loaded keep their versions: pip resolves against them and installs only what is missing. "
-                "The new packages are imported in a separate Python before they are switched on, so a failed or "
-                "cancelled install leaves the previous one working.<br><b>Offline:</b> WHEELS, a folder of wheels "
-                "or WHEELS_ZIP, a .zip of them, made on a connected machine with the pip download command in the "
-                "README.<br><b>ACTION</b> <i>repair</i> reinstalls the installed profile from scratch, "
-                "<i>uninstall</i> removes the folder, <i>status</i> only reports. QGIS's proxy settings are used.")
+    NAME = "install_dependencies"
+    DISPLAY_NAME = "Install dependencies"
+    HELP = ("Installs the Python packages SegEarth-OV needs into QGIS's own Python, with pip, in a folder of "
+            "this QGIS profile outside the plugin (upgrading or reinstalling the plugin keeps it).<br>"
+            "<b>PROFILE</b> <i>onnx</i> (enough to map with model bundles): onnxruntime, as onnxruntime-gpu "
+            "with the CUDA 13 and cuDNN wheels where an NVIDIA GPU and a driver for CUDA 13 (580 or newer) are "
+            "found, else the CPU package (the log says why). <i>full</i> adds torch and open_clip (torch "
+            "backend, downloads of the official weights, SAR training).<br>QGIS's numpy, GDAL and everything "
+            "QGIS has loaded keep their versions: pip resolves against them and installs only what is missing. "
+            "The new packages are imported in a separate Python before they are switched on, so a failed or "
+            "cancelled install leaves the previous one working.<br><b>Offline:</b> WHEELS, a folder of wheels "
+            "or WHEELS_ZIP, a .zip of them, made on a connected machine with the pip download command in the "
+            "README.<br><b>ACTION</b> <i>repair</i> reinstalls the installed profile from scratch, "
+            "<i>uninstall</i> removes the folder, <i>status</i> only reports. QGIS's proxy settings are used.")
+    GROUP = "Set-up"
+    GROUP_ID = "setup"
 
     def initAlgorithm(self, config=None):
         for name, label, options, default in (("ACTION", "Action", INSTALL_ACTIONS, "install"),
                                               ("PROFILE", "Profile", PROFILES, "onnx"),
                                               ("GPU", "GPU package", GPU_PACKAGES, "auto")):
-            parameter = QgsProcessingParameterEnum(name, label, options=options, defaultValue=default)
-            parameter.setUsesStaticStrings(True)
-            self.addParameter(parameter)
+            self.addParameter(choice(name, label, options, default))
         self.addParameter(QgsProcessingParameterFile("WHEELS", "Offline: a folder of wheels", FOLDER, optional=True))
         self.addParameter(QgsProcessingParameterFile("WHEELS_ZIP", "Offline: a .zip of wheels", FILE, extension="zip",
                                                      optional=True))

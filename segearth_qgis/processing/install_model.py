@@ -4,15 +4,14 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFile,
 )
 
 from ..core.common.choices import MODEL_SOURCES
 from .base import (
-    FILE,
     ProcessingFeedbackBridge,
     SegEarthAlgorithm,
+    bundle_file,
+    choice,
     configure_model_store,
     qgis_proxies,
     runtime_import,
@@ -20,30 +19,21 @@ from .base import (
 
 
 class InstallModelAlgorithm(SegEarthAlgorithm):
-    def name(self):
-        return "install_model"
-
-    def displayName(self):
-        return "Install a model"
-
-    def shortHelpString(self):
-        return ("Installs the models that <i>Map classes</i> uses when MODEL is empty.<br><b>With internet:</b> "
-                "SOURCE <i>optical</i> downloads OpenAI CLIP ViT-B/16 and the SimFeatUp upsampler, <i>sar</i> the "
-                "AlignEarth SAR encoder (and the upsampler), <i>all</i> both; each file's origin and licence are "
-                "logged, its SHA-256 is checked (or recorded), interrupted downloads resume, and the weights are "
-                "exported into a model bundle (this needs torch and open_clip). QGIS's proxy settings are used."
-                "<br><b>Offline:</b> give BUNDLE, a bundle folder's manifest.json or its .zip made on a connected "
-                "machine; it is verified and copied into the model folder.<br>The model folder is outside the "
-                "plugin, so upgrading the plugin keeps the models; the provider's Model folder setting (Options > "
-                "Processing > Providers) or SEGEARTH_MODEL_DIR moves it.")
+    NAME = "install_model"
+    DISPLAY_NAME = "Install a model"
+    HELP = ("Installs the models that <i>Map classes</i> uses when MODEL is empty.<br><b>With internet:</b> "
+            "SOURCE <i>optical</i> downloads OpenAI CLIP ViT-B/16 and the SimFeatUp upsampler, <i>sar</i> the "
+            "AlignEarth SAR encoder (and the upsampler), <i>all</i> both; each file's origin and licence are "
+            "logged, its SHA-256 is checked (or recorded), interrupted downloads resume, and the weights are "
+            "exported into a model bundle (this needs torch and open_clip). QGIS's proxy settings are used."
+            "<br><b>Offline:</b> give BUNDLE, a bundle folder's manifest.json or its .zip made on a connected "
+            "machine; it is verified and copied into the model folder.<br>The model folder is outside the "
+            "plugin, so upgrading the plugin keeps the models; the provider's Model folder setting (Options > "
+            "Processing > Providers) or SEGEARTH_MODEL_DIR moves it.")
 
     def initAlgorithm(self, config=None):
-        source = QgsProcessingParameterEnum("SOURCE", "Download", options=list(MODEL_SOURCES), defaultValue="optical")
-        source.setUsesStaticStrings(True)
-        self.addParameter(source)
-        self.addParameter(QgsProcessingParameterFile("BUNDLE", "Or install this bundle (offline)", FILE,
-                                                     optional=True, fileFilter="Model bundles (manifest.json *.zip)"
-                                                                               ";;All files (*)"))
+        self.addParameter(choice("SOURCE", "Download", MODEL_SOURCES, "optical"))
+        self.addParameter(bundle_file("BUNDLE", "Or install this bundle (offline)"))
         self.addParameter(QgsProcessingParameterBoolean("MAKE_DEFAULT", "Make it the default model of its modality",
                                                         True))
         self.addOutput(QgsProcessingOutputString("MODELS", "Installed bundle folders (one per line)"))

@@ -9,9 +9,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -29,16 +27,17 @@ from qgis.core import (
 from ..core.common.choices import BACKENDS, DEVICES, SENSORS
 from .base import (
     DOUBLE,
-    FILE,
     INTEGER,
     ProcessingFeedbackBridge,
     SegEarthAlgorithm,
     advanced,
+    bundle_file,
+    choice,
     configure_model_store,
     runtime_import,
 )
 
-HELP = """Maps the raster into the classes you type: one class per line, commas between synonyms \
+HELP_TEXT = """Maps the raster into the classes you type: one class per line, commas between synonyms \
 (e.g. <i>building,roof</i> / <i>road</i> / <i>water,river</i> / <i>tree</i>). No training, no annotation.
 <h3>Classes and presets</h3>
 A line named background, clutter, others or unclassified takes the pixels whose best class probability is below \
@@ -72,14 +71,9 @@ def optional_value(parameters, name):
 
 
 class SegmentAlgorithm(SegEarthAlgorithm):
-    def name(self):
-        return "segment"
-
-    def displayName(self):
-        return "Map classes (open vocabulary)"
-
-    def shortHelpString(self):
-        return HELP
+    NAME = "segment"
+    DISPLAY_NAME = "Map classes (open vocabulary)"
+    HELP = HELP_TEXT
 
     def initAlgorithm(self, config=None):
         from ..core.method.presets import preset_names
@@ -87,9 +81,7 @@ class SegmentAlgorithm(SegEarthAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster layer"))
         self.addParameter(QgsProcessingParameterString("CLASSES", "Classes (one per line, commas between synonyms)",
                                                        multiLine=True, optional=True))
-        preset = QgsProcessingParameterEnum("PRESET", "Dataset preset", options=preset_names(), optional=True)
-        preset.setUsesStaticStrings(True)
-        self.addParameter(preset)
+        self.addParameter(choice("PRESET", "Dataset preset", preset_names(), optional=True))
         self.addParameter(QgsProcessingParameterBand("BANDS", "Bands used as red, green, blue", None, "INPUT",
                                                      optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterNumber("RESOLUTION", "Processing resolution in metres (0: native)",
@@ -99,17 +91,11 @@ class SegmentAlgorithm(SegEarthAlgorithm):
                                                        "or the preset's)", DOUBLE, None, optional=True,
                                                        minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterString("BACKGROUND", "Background class name", optional=True))
-        sensor = QgsProcessingParameterEnum("SENSOR", "Sensor", options=list(SENSORS), defaultValue="auto")
-        sensor.setUsesStaticStrings(True)
-        self.addParameter(sensor)
+        self.addParameter(choice("SENSOR", "Sensor", SENSORS, "auto"))
         self.addParameter(QgsProcessingParameterString("POLARISATION", "SAR polarisation or band number (empty: VV, "
                                                        "else band 1)", optional=True))
-        self.addParameter(QgsProcessingParameterFile("MODEL", "Model bundle (empty: the default model)", FILE,
-                                                     optional=True,
-                                                     fileFilter="Model bundles (manifest.json *.zip);;All files (*)"))
-        device = QgsProcessingParameterEnum("DEVICE", "Device", options=list(DEVICES), defaultValue="auto")
-        device.setUsesStaticStrings(True)
-        self.addParameter(device)
+        self.addParameter(bundle_file("MODEL", "Model bundle (empty: the default model)"))
+        self.addParameter(choice("DEVICE", "Device", DEVICES, "auto"))
         self.addParameter(advanced(QgsProcessingParameterNumber("WINDOW", "Window size (px)", INTEGER, None,
                                                                 optional=True, minValue=16)))
         self.addParameter(advanced(QgsProcessingParameterNumber("STRIDE", "Window stride (px)", INTEGER, None,
@@ -117,9 +103,7 @@ class SegmentAlgorithm(SegEarthAlgorithm):
         self.addParameter(advanced(QgsProcessingParameterNumber("GBA_LAMBDA", "Global bias alleviation lambda "
                                                                 "(default 0.3, or the preset's)", DOUBLE, None,
                                                                 optional=True, minValue=0.0)))
-        backend = QgsProcessingParameterEnum("BACKEND", "Backend", options=list(BACKENDS), defaultValue="auto")
-        backend.setUsesStaticStrings(True)
-        self.addParameter(advanced(backend))
+        self.addParameter(advanced(choice("BACKEND", "Backend", BACKENDS, "auto")))
         self.addParameter(advanced(QgsProcessingParameterNumber("SIMPLIFY", "Polygon simplification tolerance "
                                                                 "(layer units, 0: none)", DOUBLE, 0.0, minValue=0.0)))
         self.addParameter(advanced(QgsProcessingParameterNumber("MIN_AREA", "Minimum polygon area in m2 (smaller "

@@ -8,8 +8,6 @@ from qgis.core import (
     QgsProcessingOutputFolder,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
@@ -19,17 +17,18 @@ from qgis.core import (
 from ..core.common.choices import DEVICES
 from .base import (
     DOUBLE,
-    FILE,
     INTEGER,
     ProcessingFeedbackBridge,
     SegEarthAlgorithm,
     advanced,
+    bundle_file,
+    choice,
     configure_model_store,
     runtime_import,
 )
 from .segment import gdal_path
 
-HELP = """Trains a radar (SAR) encoder for <i>Map classes</i> from an optical raster and a SAR raster of the same \
+HELP_TEXT = """Trains a radar (SAR) encoder for <i>Map classes</i> from an optical raster and a SAR raster of the same \
 place (AlignEarth, SegEarth-OV-2). The student starts as a copy of the optical model's visual encoder (TEACHER, an \
 optical bundle exported with its checkpoints; empty: the installed default optical model) and learns to give, on \
 SAR windows, the features the frozen teacher gives on the optical windows at the same pixels: CLS contrastive \
@@ -46,28 +45,19 @@ INSTALL make it the default SAR model. Needs torch and open_clip; a GPU (DEVICE)
 
 
 class TrainSarStudentAlgorithm(SegEarthAlgorithm):
-    def name(self):
-        return "train_sar_student"
-
-    def displayName(self):
-        return "Train a SAR model from an optical-SAR pair"
-
-    def shortHelpString(self):
-        return HELP
+    NAME = "train_sar_student"
+    DISPLAY_NAME = "Train a SAR model from an optical-SAR pair"
+    HELP = HELP_TEXT
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer("OPTICAL", "Optical raster"))
         self.addParameter(QgsProcessingParameterRasterLayer("SAR", "SAR raster of the same place"))
-        self.addParameter(QgsProcessingParameterFile("TEACHER", "Optical teacher bundle (empty: the default optical "
-                                                     "model)", FILE, optional=True,
-                                                     fileFilter="Model bundles (manifest.json *.zip);;All files (*)"))
+        self.addParameter(bundle_file("TEACHER", "Optical teacher bundle (empty: the default optical model)"))
         self.addParameter(QgsProcessingParameterNumber("STEPS", "Training steps", INTEGER, 2000, minValue=1))
         self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", "Windows per step", INTEGER, 8, minValue=2))
         self.addParameter(QgsProcessingParameterNumber("LEARNING_RATE", "Learning rate", DOUBLE, 1e-5,
                                                        minValue=0.0))
-        device = QgsProcessingParameterEnum("DEVICE", "Device", options=list(DEVICES), defaultValue="auto")
-        device.setUsesStaticStrings(True)
-        self.addParameter(device)
+        self.addParameter(choice("DEVICE", "Device", DEVICES, "auto"))
         self.addParameter(QgsProcessingParameterString("POLARISATION", "SAR polarisation or band number (empty: VV, "
                                                        "else band 1)", optional=True))
         self.addParameter(advanced(QgsProcessingParameterNumber("SEED", "Random seed", INTEGER, 0, minValue=0)))

@@ -13,18 +13,13 @@ from .base import DOUBLE, ProcessingFeedbackBridge, SegEarthAlgorithm
 
 
 class VectorizeAlgorithm(SegEarthAlgorithm):
-    def name(self):
-        return "vectorize"
-
-    def displayName(self):
-        return "Classes to polygons"
-
-    def shortHelpString(self):
-        return ("Turns a classified raster (such as the output of <i>Map classes</i>) into polygons with the fields "
-                "class_id, class_name (from the raster's category names) and area_m2 (square metres, also for "
-                "geographic CRSs). Nodata pixels give no polygon. MIN_AREA merges smaller regions into their "
-                "largest neighbour before polygonizing (GDAL sieve); SIMPLIFY smooths each polygon's outline "
-                "(tolerance in layer units). The input raster is never modified.")
+    NAME = "vectorize"
+    DISPLAY_NAME = "Classes to polygons"
+    HELP = ("Turns a classified raster (such as the output of <i>Map classes</i>) into polygons with the fields "
+            "class_id, class_name (from the raster's category names) and area_m2 (square metres, also for "
+            "geographic CRSs). Nodata pixels give no polygon. MIN_AREA merges smaller regions into their "
+            "largest neighbour before polygonizing (GDAL sieve); SIMPLIFY smooths each polygon's outline "
+            "(tolerance in layer units). The input raster is never modified.")
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Classified raster"))
