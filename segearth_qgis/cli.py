@@ -5,9 +5,11 @@ build.py runs them in the project's environment; ``python -m segearth_qgis.cli C
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 from .core.common.choices import ATTENTIONS, BACKENDS, DEVICES, EVALUATION_PIPELINES, MODALITIES, MODEL_SOURCES, SENSORS
+from .core.common.failures import CANCELLED, failure_sentence
 
 
 def console_feedback(quiet=False):
@@ -44,34 +46,23 @@ def console_feedback(quiet=False):
 
 def segment(args):
     """The Processing algorithm's pipeline without QGIS: GDAL in, GeoTIFF (and polygons) out."""
-    from .core.common.feedback import Cancelled
-    from .core.gis.raster import RasterInputError
     from .core.pipeline import SegmentOutputs, resolve_options, segment_raster
-    from .core.runtime.bundle import BundleError
     from .core.runtime.loader import load_model
-    from .core.runtime.sessions import DeviceUnavailable
 
     feedback = console_feedback(args.quiet)
-    try:
-        options, modality, notes = resolve_options(
-            classes=args.classes.replace("\\n", "\n") if args.classes else None, preset=args.preset,
-            threshold=args.threshold, background=args.background, gba_lambda=args.gba_lambda, window=args.window,
-            stride=args.stride, resolution=args.resolution, bands=args.bands,
-            extent=tuple(args.extent) if args.extent else None, input_path=args.input, sensor=args.sensor,
-            polarisation=args.polarisation, model_path=args.model)
-        for note in notes:
-            feedback.info(note)
-        model = load_model(args.model, modality, args.backend, args.device)
-        feedback.info(f"runtime: {model.runtime}")
-        outputs = SegmentOutputs(args.output, confidence=args.confidence, vector=args.vector, areas_csv=args.areas,
-                                 simplify=args.simplify, min_area_m2=args.min_area)
-        result = segment_raster(model, args.input, outputs, options, feedback)
-    except (BundleError, DeviceUnavailable, RasterInputError, ValueError, ImportError) as error:
-        print(f"segment failed: {error}", file=sys.stderr)
-        return 1
-    except (Cancelled, KeyboardInterrupt):
-        print("cancelled: no output was written", file=sys.stderr)
-        return 130
+    options, modality, notes = resolve_options(
+        classes=args.classes.replace("\\n", "\n") if args.classes else None, preset=args.preset,
+        threshold=args.threshold, background=args.background, gba_lambda=args.gba_lambda, window=args.window,
+        stride=args.stride, resolution=args.resolution, bands=args.bands,
+        extent=tuple(args.extent) if args.extent else None, input_path=args.input, sensor=args.sensor,
+        polarisation=args.polarisation, model_path=args.model)
+    for note in notes:
+        feedback.info(note)
+    model = load_model(args.model, modality, args.backend, args.device)
+    feedback.info(f"runtime: {model.runtime}")
+    outputs = SegmentOutputs(args.output, confidence=args.confidence, vector=args.vector, areas_csv=args.areas,
+                             simplify=args.simplify, min_area_m2=args.min_area)
+    result = segment_raster(model, args.input, outputs, options, feedback)
     for kind, path in result.outputs.items():
         print(f"{kind}: {path}")
     return 0
@@ -79,11 +70,7 @@ def segment(args):
 
 def evaluate(args: argparse.Namespace) -> int:
     """Score the model on a labelled folder as the papers did; prints the table, writes JSON, CSV and a PNG."""
-    from .core.common.feedback import Cancelled
     from .core.eval.dataset import EvaluationSettings, evaluate_dataset
-    from .core.gis.raster import RasterInputError
-    from .core.runtime.bundle import BundleError
-    from .core.runtime.sessions import DeviceUnavailable
 
     feedback = console_feedback(args.quiet)
     out = Path(args.out)
@@ -93,16 +80,9 @@ def evaluate(args: argparse.Namespace) -> int:
         label_suffix=args.label_suffix, split=args.split, resize_longer_side=args.resize, pipeline=args.pipeline,
         resolution=args.resolution, save_predictions=args.save_predictions, backend=args.backend,
         device=args.device)
-    try:
-        report = evaluate_dataset(args.images, args.labels, settings, feedback)
-        print(report.table())
-        written = report.write(out, out.with_suffix(".csv"), out.with_suffix(".png"), warn=feedback.warn)
-    except (BundleError, DeviceUnavailable, RasterInputError, ValueError, ImportError) as error:
-        print(f"evaluate failed: {error}", file=sys.stderr)
-        return 1
-    except (Cancelled, KeyboardInterrupt):
-        print("cancelled: no report or prediction was written", file=sys.stderr)
-        return 130
+    report = evaluate_dataset(args.images, args.labels, settings, feedback)
+    print(report.table())
+    written = report.write(out, out.with_suffix(".csv"), out.with_suffix(".png"), warn=feedback.warn)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     if args.save_predictions:
@@ -112,76 +92,51 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def export(args):
     from .core.common.feedback import CallbackFeedback
-    from .core.runtime.export import ExportError, export_bundle
+    from .core.runtime.export import export_bundle
 
-    try:
-        export_bundle(args.clip, args.upsampler, args.arch, args.out, quick_gelu=args.quick_gelu,
-                      attention=args.attention, last_n=args.last_n, modality=args.modality,
-                      gba_lambda=args.gba_lambda, keep_checkpoints=not args.no_checkpoints, tolerance=args.tolerance,
-                      make_zip=args.zip, overwrite=args.overwrite, feedback=CallbackFeedback(log=print))
-    except (ExportError, FileExistsError, FileNotFoundError, ValueError) as error:
-        print(f"export failed: {error}", file=sys.stderr)
-        return 1
+    export_bundle(args.clip, args.upsampler, args.arch, args.out, quick_gelu=args.quick_gelu,
+                  attention=args.attention, last_n=args.last_n, modality=args.modality,
+                  gba_lambda=args.gba_lambda, keep_checkpoints=not args.no_checkpoints, tolerance=args.tolerance,
+                  make_zip=args.zip, overwrite=args.overwrite, feedback=CallbackFeedback(log=print))
     return 0
 
 
 def models(args):
     """The model store from the command line: download the official weights, list, install offline bundles."""
-    from .core.common.download import DownloadError
-    from .core.common.feedback import Cancelled
-    from .core.runtime.bundle import BundleError
     from .core.runtime.store import download_model, install_bundle, installed_bundles, model_store
 
     feedback = console_feedback()
-    try:
-        if args.action == "download":
-            for modality in MODALITIES if args.which == "all" else (args.which,):
-                download_model(modality, feedback=feedback)
-        elif args.action == "install":
-            install_bundle(args.bundle, make_default=not args.no_default, overwrite=args.overwrite,
-                           feedback=feedback)
-        else:
-            found = installed_bundles()
-            print(f"model store: {model_store()}")
-            for entry in found:
-                print(f"  {entry['name']:<32} {entry['modality']:<8} {entry['bytes'] / 2 ** 20:8.1f} MB"
-                      f"{'  (default)' if entry['default'] else ''}")
-            if not found:
-                print("  no bundles installed: python3 build.py models download optical")
-    except (BundleError, DownloadError, FileExistsError, ImportError, ValueError) as error:
-        print(f"models {args.action} failed: {error}", file=sys.stderr)
-        return 1
-    except (Cancelled, KeyboardInterrupt):
-        print("cancelled: nothing was installed", file=sys.stderr)
-        return 130
+    if args.action == "download":
+        for modality in MODALITIES if args.which == "all" else (args.which,):
+            download_model(modality, feedback=feedback)
+    elif args.action == "install":
+        install_bundle(args.bundle, make_default=not args.no_default, overwrite=args.overwrite, feedback=feedback)
+    else:
+        found = installed_bundles()
+        print(f"model store: {model_store()}")
+        for entry in found:
+            print(f"  {entry['name']:<32} {entry['modality']:<8} {entry['bytes'] / 2 ** 20:8.1f} MB"
+                  f"{'  (default)' if entry['default'] else ''}")
+        if not found:
+            print("  no bundles installed: python3 build.py models download optical")
     return 0
 
 
 def train_sar(args: argparse.Namespace) -> int:
     """segearth:train_sar_student without QGIS: a SAR student distilled from an optical teacher bundle."""
-    from .core.common.feedback import Cancelled
-    from .core.gis.raster import RasterInputError
-    from .core.runtime.bundle import BundleError
-    from .core.runtime.sessions import DeviceUnavailable
     from .core.runtime.store import default_bundle
     from .core.train.sar_student import TrainSettings, train_sar_student
 
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                              device=args.device, polarisation=args.polarisation, seed=args.seed)
-    try:
-        result = train_sar_student(args.optical, args.sar, args.teacher or default_bundle("optical"), args.out,
-                                   settings, console_feedback())
-    except (BundleError, DeviceUnavailable, RasterInputError, FileExistsError, ImportError) as error:
-        print(f"train-sar failed: {error}", file=sys.stderr)
-        return 1
-    except (Cancelled, KeyboardInterrupt):
-        print(f"cancelled: the last checkpoint is in {args.out}; run the same command to continue", file=sys.stderr)
-        return 130
+    result = train_sar_student(args.optical, args.sar, args.teacher or default_bundle("optical"), args.out,
+                               settings, console_feedback())
     print(f"bundle: {result.bundle}")
     return 0
 
 
 QUIET_HELP = "no progress bar or log lines"
+DEBUG_HELP = "print the traceback of a failure"
 
 
 def add_model_arguments(parser):
@@ -193,7 +148,7 @@ def add_model_arguments(parser):
 
 def add_segment_parser(sub):
     seg = sub.add_parser("segment", help="segment a raster into a classified GeoTIFF (the algorithm's pipeline)")
-    seg.set_defaults(run=segment)
+    seg.set_defaults(run=segment, cancelled=CANCELLED)
     seg.add_argument("input", help="any raster GDAL opens")
     seg.add_argument("output", help="the classified GeoTIFF to write")
     seg.add_argument("--classes", help="one class per line (or '\\n' between classes), commas between synonyms")
@@ -221,7 +176,7 @@ def add_segment_parser(sub):
 
 def add_evaluate_parser(sub):
     ev = sub.add_parser("evaluate", help="mIoU / IoU on a labelled folder, as the papers measure it")
-    ev.set_defaults(run=evaluate)
+    ev.set_defaults(run=evaluate, cancelled="cancelled: no report or prediction was written")
     ev.add_argument("--images", required=True, help="folder of images (png, jpg, tif...)")
     ev.add_argument("--labels", required=True, help="folder of one-band label rasters, paired with the images by name")
     ev.add_argument("--preset", help="the dataset's preset (classes, threshold, resize, window, label encoding)")
@@ -246,7 +201,7 @@ def add_evaluate_parser(sub):
 
 def add_export_parser(sub):
     exp = sub.add_parser("export", help="export checkpoints to a validated ONNX bundle")
-    exp.set_defaults(run=export)
+    exp.set_defaults(run=export, cancelled="cancelled: no bundle was written")
     exp.add_argument("--clip", required=True, help="open_clip CLIP state dict (.pt, .bin, .safetensors)")
     exp.add_argument("--upsampler", help="SimFeatUp checkpoint (Lightning format); omit for no upsampler")
     exp.add_argument("--arch", required=True, help="open_clip model name (ViT-B-16) or model-config JSON")
@@ -264,7 +219,7 @@ def add_export_parser(sub):
 
 def add_models_parser(sub):
     models_parser = sub.add_parser("models", help="the model store: download, list, install")
-    models_parser.set_defaults(run=models)
+    models_parser.set_defaults(run=models, cancelled="cancelled: nothing was installed")
     models_sub = models_parser.add_subparsers(dest="action", required=True)
     download_parser = models_sub.add_parser("download", help="download the official weights and export bundles")
     download_parser.add_argument("which", nargs="?", choices=MODEL_SOURCES, default="optical")
@@ -277,7 +232,8 @@ def add_models_parser(sub):
 
 def add_train_sar_parser(sub):
     train = sub.add_parser("train-sar", help="distil a SAR model from an optical teacher on a co-registered pair")
-    train.set_defaults(run=train_sar)
+    train.set_defaults(run=train_sar, cancelled="cancelled: the last checkpoint is in the training folder; "
+                                                      "run the same command to continue")
     train.add_argument("--optical", required=True, help="the optical raster")
     train.add_argument("--sar", required=True, help="the SAR raster of the same place (warped onto the optical grid)")
     train.add_argument("--teacher", help="optical bundle with checkpoints (default: the installed optical model)")
@@ -293,13 +249,41 @@ def add_train_sar_parser(sub):
 PARSERS = (add_segment_parser, add_evaluate_parser, add_export_parser, add_models_parser, add_train_sar_parser)
 
 
-def main(argv=None):
+def run_command(args: argparse.Namespace) -> int:
+    """Run the chosen command; any failure becomes one line (exit 1), a cancel its own line (exit 130)."""
+    from .core.common.feedback import Cancelled
+
+    try:
+        return args.run(args)
+    except (Cancelled, KeyboardInterrupt):
+        print(args.cancelled, file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 (the one place a command's failure becomes its sentence)
+        if args.debug:
+            traceback.print_exc()
+        label = f"{args.command} {args.action}" if getattr(args, "action", None) else args.command
+        print(f"{label} failed: {failure_sentence(error, 'run again with --debug for the traceback')}",
+              file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segearth_qgis.cli", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for add_parser in PARSERS:
         add_parser(sub)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    accept_debug_after_commands(sub)
+    return run_command(parser.parse_args(argv))
+
+
+def accept_debug_after_commands(sub: argparse._SubParsersAction) -> None:
+    """--debug also after a command's name (``segment a.tif b.tif --debug``), at every level of subcommands."""
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                accept_debug_after_commands(action)
 
 
 if __name__ == "__main__":

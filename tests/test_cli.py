@@ -28,3 +28,30 @@ def test_segment_command_writes_classes_and_polygons_without_qgis(tiny_bundle, t
     assert band.GetCategoryNames() == ["building", "road", "water", "unclassified"]
     assert dataset.GetGeoTransform() == gdal.Open(source).GetGeoTransform()
     assert (tmp_path / "p.gpkg").is_file() and (tmp_path / "areas.csv").read_text().count("\n") == 5
+
+
+def test_an_unforeseen_failure_is_one_line_and_debug_prints_the_traceback(tmp_path):
+    """A failure nobody foresaw (here a KeyError from inside the command) is one line without a traceback; --debug,
+    before or after the command's name, adds the traceback."""
+    crash = ("import sys\nfrom segearth_qgis import cli\n"
+             "def boom(args):\n    raise KeyError('boom')\n"
+             "cli.export = boom\n"  # the parser binds the module's export when main builds it
+             "sys.exit(cli.main(sys.argv[1:]))\n")
+    arguments = ["export", "--clip", "c.pt", "--arch", "ViT-B-16", "--out", str(tmp_path / "b")]
+    plain = subprocess.run([sys.executable, "-c", crash, *arguments], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 1
+    assert plain.stderr.strip() == ("export failed: unexpected KeyError: 'boom'; run again with --debug for the "
+                                    "traceback: please report it")
+    for debug in (["--debug", *arguments], [*arguments, "--debug"]):
+        run = subprocess.run([sys.executable, "-c", crash, *debug], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1 and "Traceback (most recent call last)" in run.stderr
+        assert "KeyError: 'boom'" in run.stderr
+
+
+def test_a_missing_input_is_one_sentence_naming_it(tmp_path):
+    missing = tmp_path / "nowhere.tif"
+    run = subprocess.run([sys.executable, "-c", NO_QGIS, "segment", str(missing), str(tmp_path / "out.tif"),
+                          "--classes", "road\\nwater"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("segment failed: ") and str(missing) in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "out.tif").exists()

@@ -1,5 +1,7 @@
 """What every SegEarth-OV algorithm shares: naming, feedback relay, runtime errors, and styling loaded outputs."""
 
+import functools
+import traceback
 from urllib.parse import quote
 
 from qgis.core import (
@@ -18,6 +20,7 @@ from qgis.PyQt.QtNetwork import QNetworkProxy
 from qgis.PyQt.QtXml import QDomDocument
 
 from ..compat import ADVANCED, DOUBLE, FILE, INTEGER  # noqa: F401 (DOUBLE, FILE, INTEGER: for the algorithms)
+from ..core.common.failures import failure_sentence
 from ..core.common.feedback import Feedback
 from ..core.common.resources import resource_path
 
@@ -31,6 +34,11 @@ class SegEarthAlgorithm(QgsProcessingAlgorithm):
 
     NAME = DISPLAY_NAME = HELP = ""
     GROUP, GROUP_ID = "Open-vocabulary mapping", "mapping"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "processAlgorithm" in cls.__dict__:
+            cls.processAlgorithm = one_sentence_errors(cls.__dict__["processAlgorithm"])
 
     def createInstance(self):
         return type(self)()
@@ -60,6 +68,25 @@ class SegEarthAlgorithm(QgsProcessingAlgorithm):
         if not context.willLoadLayerOnCompletion(destination):
             return
         context.layerToLoadOnCompletionDetails(destination).setPostProcessor(ClassStyler.create(destination, qml))
+
+
+def one_sentence_errors(process_algorithm):
+    """Wrap an algorithm's processAlgorithm: whatever escapes it reaches the user as one sentence (a
+    QgsProcessingException), its traceback in the log at debug level."""
+
+    @functools.wraps(process_algorithm)
+    def run(self, parameters, context, feedback):
+        try:
+            return process_algorithm(self, parameters, context, feedback)
+        except QgsProcessingException:
+            raise
+        except Exception as error:  # noqa: BLE001 (the one place an algorithm's failure becomes its sentence)
+            if feedback is not None:
+                feedback.pushDebugInfo(traceback.format_exc())
+            raise QgsProcessingException(failure_sentence(error, "the traceback is in the log at debug level")) \
+                from error
+
+    return run
 
 
 def configure_model_store():

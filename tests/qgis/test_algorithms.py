@@ -207,6 +207,29 @@ def test_vectorize_alone_with_minimum_area(segearth_processing, tmp_path):
     assert counts[0.0] == counts[1.0] + 1
 
 
+def test_an_unforeseen_failure_is_one_sentence_with_the_traceback_at_debug_level(segearth_processing, tmp_path,
+                                                                                  monkeypatch):
+    import segearth_qgis.core.gis.vectorize as vectorize
+
+    def boom(*args, **kwargs):
+        raise KeyError("boom")
+
+    class Recorder(QgsProcessingFeedback):
+        debug = ""
+
+        def pushDebugInfo(self, text):
+            Recorder.debug += text
+
+    monkeypatch.setattr(vectorize, "polygonize", boom)
+    path = write_geotiff(tmp_path / "labels.tif", np.ones((1, 20, 20), np.uint8), nodata=255)
+    with pytest.raises(QgsProcessingException) as raised:
+        run("segearth:vectorize", {"INPUT": path, "OUTPUT": str(tmp_path / "p.gpkg")}, Recorder())
+    assert str(raised.value) == ("unexpected KeyError: 'boom'; the traceback is in the log at debug level: please "
+                                 "report it")
+    assert "Traceback (most recent call last)" in Recorder.debug and "boom" in Recorder.debug
+    assert not (tmp_path / "p.gpkg").exists()
+
+
 def write_chain_model(path):
     """segearth:segment -> segearth:vectorize -> native:dissolve by class, saved as a .model3."""
     from qgis.core import (

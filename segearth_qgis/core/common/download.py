@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from email.message import Message
 from pathlib import Path
 
+from .failures import ActionableError
 from .feedback import Cancelled, Feedback, as_feedback
 from .files import sha256_digest
 
@@ -23,7 +24,7 @@ SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ActionableError, RuntimeError):
     """A download failed; the message names the file, the URL(s) tried and what to do."""
 
 

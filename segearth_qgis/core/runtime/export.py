@@ -22,6 +22,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch.export import Dim
 
 from ..common.choices import MODALITIES
+from ..common.failures import ActionableError
 from ..common.feedback import Feedback, as_feedback
 from ..method.simfeatup import apply_stage_kernels
 from ..method.simfeatup_cpu import weights_from_upsampler
@@ -32,7 +33,7 @@ from .sessions import SESSIONS
 OPSET = 18
 
 
-class ExportError(RuntimeError):
+class ExportError(ActionableError, RuntimeError):
     """The exported graphs do not reproduce torch within the tolerance; no bundle was written."""
 
 

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from ..common.choices import DEVICES
+from ..common.failures import ActionableError
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -25,7 +26,7 @@ INSTALL_ORT = ("install onnxruntime into the Python that runs this (pip install 
                "GPUs with a CUDA 13 driver, else pip install onnxruntime)")
 
 
-class DeviceUnavailable(RuntimeError):
+class DeviceUnavailable(ActionableError, RuntimeError):
     """The requested device cannot run here; the message says why and what to do."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..common.choices import PROFILES
 from ..common.download import DownloadError, fetch
+from ..common.failures import ActionableError
 from ..common.feedback import Cancelled, Feedback, as_feedback
 from ..common.resources import resource_path
 from .dependencies import PROFILE_MODULES, active_site, add_site, read_state, remove_site, write_state
@@ -84,7 +85,7 @@ DIAGNOSES = (
 )
 
 
-class InstallError(RuntimeError):
+class InstallError(ActionableError, RuntimeError):
     """An install, repair or uninstall failed; the message says why, what is still in use, and what to do."""
 
 
