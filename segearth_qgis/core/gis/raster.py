@@ -83,10 +83,55 @@ def open_raster(path: str | os.PathLike) -> gdal.Dataset:
     try:
         dataset = gdal.Open(str(path))
     except RuntimeError as error:
-        raise RasterInputError(f"GDAL cannot open {path}: {error}") from error
+        raise RasterInputError(raster_file_problem(path) or f"GDAL cannot open {path}: {error}") from error
     if dataset is None:
-        raise RasterInputError(f"GDAL cannot open {path}: {gdal.GetLastErrorMsg()}")
+        raise RasterInputError(raster_file_problem(path) or f"GDAL cannot open {path}: {gdal.GetLastErrorMsg()}")
     return dataset
+
+
+def dataset_files(path: str | os.PathLike) -> list[str]:
+    """The files GDAL reads for a dataset (``path``, a VRT's sources, a shapefile's parts); ``[path]`` when GDAL
+    cannot open it."""
+    files = [os.fspath(path)]
+    try:
+        dataset = gdal.OpenEx(os.fspath(path))
+    except RuntimeError:
+        return files
+    return files + [f for f in (dataset.GetFileList() or []) if f != files[0]] if dataset else files
+
+
+def _is_local(path: str) -> bool:
+    return not path.startswith("/vsi") and "://" not in path and not path.upper().startswith(("WMS:", "PG:", "NETCDF:",
+                                                                                               "HDF5:", "HDF4_"))
+
+
+def raster_file_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a raster file, said before any work: missing, empty, not a raster, a VRT source missing,
+    truncated (its first and last pixels of each band are read). None when nothing is found."""
+    path = os.fspath(path)
+    local = _is_local(path)
+    if local and not os.path.exists(path):
+        return f"{path} does not exist: check the path"
+    if local and os.path.isfile(path) and os.path.getsize(path) == 0:
+        return f"{path} is empty (0 bytes): it was not written completely; copy or export it again"
+    try:
+        dataset = gdal.Open(path)
+    except RuntimeError as error:
+        return (f"GDAL cannot read {path} ({str(error).strip()}): it is damaged or not a raster; check it with "
+                "gdalinfo, or copy or export it again")
+    for source in (dataset.GetFileList() or [])[1:]:
+        if _is_local(source) and not os.path.exists(source):
+            return f"{path} refers to {source}, which does not exist: restore that file or rebuild the VRT"
+    width, height = dataset.RasterXSize, dataset.RasterYSize
+    try:
+        for index in range(1, dataset.RasterCount + 1):
+            band = dataset.GetRasterBand(index)
+            band.ReadRaster(0, 0, 1, 1)
+            band.ReadRaster(width - 1, height - 1, 1, 1)
+    except RuntimeError as error:
+        return (f"{path} cannot be read to its end ({str(error).strip()}): the file is truncated or damaged; copy or "
+                "export it again")
+    return None
 
 
 def dataset_grid(dataset: gdal.Dataset) -> Grid:
@@ -145,6 +190,41 @@ def default_bands(dataset: gdal.Dataset) -> list[int]:
     return [1] if dataset.RasterCount < 3 else [1, 2, 3]
 
 
+def alpha_band(dataset: gdal.Dataset) -> int | None:
+    """The 1-based alpha band that masks the dataset's bands, if there is one."""
+    for index in range(1, dataset.RasterCount + 1):
+        if dataset.GetRasterBand(index).GetColorInterpretation() == gdal.GCI_AlphaBand:
+            return index
+    return None
+
+
+def is_signed_byte(band: gdal.Band) -> bool:
+    """Int8 data that GDAL before 3.7 exposes as Byte with PIXELTYPE=SIGNEDBYTE (3.7 and later: GDT_Int8)."""
+    return band.DataType == gdal.GDT_Byte and band.GetMetadataItem("PIXELTYPE", "IMAGE_STRUCTURE") == "SIGNEDBYTE"
+
+
+SIGNED_BYTE_LUT = "0:0,127:127,128:-128,255:-1"   # the stored byte to its Int8 value (exact on integers)
+
+
+def signed_bytes_as_int16(vrt_xml: str) -> str:
+    """A VRT's XML whose SIGNEDBYTE bands read as Int16 with their true signed values, so that every GDAL reader
+    (stretch, warp, averages) sees -128..127 rather than the stored 0..255."""
+    import xml.etree.ElementTree as ElementTree
+
+    root = ElementTree.fromstring(vrt_xml)
+    for band in root.iter("VRTRasterBand"):
+        pixel_type = band.find("Metadata[@domain='IMAGE_STRUCTURE']/MDI[@key='PIXELTYPE']")
+        if pixel_type is None or pixel_type.text != "SIGNEDBYTE":
+            continue
+        band.set("dataType", "Int16")
+        band.find("Metadata[@domain='IMAGE_STRUCTURE']").remove(pixel_type)
+        for source in list(band):
+            if source.tag in ("SimpleSource", "ComplexSource"):
+                source.tag = "ComplexSource"
+                ElementTree.SubElement(source, "LUT").text = SIGNED_BYTE_LUT
+    return ElementTree.tostring(root, encoding="unicode")
+
+
 def check_bands(dataset: gdal.Dataset, bands: Sequence[int] | None) -> list[int]:
     bands = [int(b) for b in (bands or default_bands(dataset))]
     if len(bands) not in (1, 3):
@@ -180,14 +260,16 @@ class Stretch:
                 f"{STRETCH_SAMPLE}-pixel overview: {ranges}")
 
 
-def robust_stretch(dataset: gdal.Dataset, sample: int = STRETCH_SAMPLE) -> Stretch:
-    """Computed once for the whole raster (never per block), from a reduced read that uses overviews when present."""
+def robust_stretch(dataset: gdal.Dataset, sample: int = STRETCH_SAMPLE, name: str | None = None) -> Stretch:
+    """Computed once for the whole raster (never per block), from a reduced read that uses overviews when present.
+    ``name``: the file named in errors (default the dataset's description)."""
+    name = name or dataset.GetDescription()
     bands = [dataset.GetRasterBand(i) for i in range(1, dataset.RasterCount + 1)]
-    if all(b.DataType == gdal.GDT_Byte for b in bands):
+    if all(b.DataType == gdal.GDT_Byte and not is_signed_byte(b) for b in bands):
         return Stretch()
     if any(b.DataType in COMPLEX_TYPES for b in bands):
-        raise RasterInputError(f"{dataset.GetDescription()} has complex (radar) bands, which the optical model cannot "
-                               "read: process it as SAR (SENSOR=sar or auto)")
+        raise RasterInputError(f"{name} has complex (radar) bands, which the optical model cannot read: process it as "
+                               "SAR (SENSOR=sar or auto), or choose an optical model")
     factor = max(dataset.RasterXSize, dataset.RasterYSize) / sample
     width = max(1, min(dataset.RasterXSize, round(dataset.RasterXSize / factor)))
     height = max(1, min(dataset.RasterYSize, round(dataset.RasterYSize / factor)))
@@ -197,7 +279,8 @@ def robust_stretch(dataset: gdal.Dataset, sample: int = STRETCH_SAMPLE) -> Stret
         values = band.ReadAsArray(buf_xsize=width, buf_ysize=height).astype(np.float64)[valid]
         values = values[np.isfinite(values)]
         if values.size == 0:
-            raise RasterInputError(f"{dataset.GetDescription()} has no valid pixels here (all nodata, masked or NaN)")
+            raise RasterInputError(f"{name} has no valid pixels here (all nodata, masked or NaN): choose another "
+                                   "extent, or check the layer's nodata value")
         limits.append(tuple(float(v) for v in np.percentile(values, STRETCH_PERCENTILES)))
     return Stretch(tuple(limits))
 

@@ -17,11 +17,14 @@ from .geo import pixel_size_metres
 from .raster import (
     RasterInputError,
     Stretch,
+    alpha_band,
     check_bands,
     dataset_grid,
+    is_signed_byte,
     open_raster,
     read_valid,
     robust_stretch,
+    signed_bytes_as_int16,
     snap_window,
     subgrid,
 )
@@ -43,7 +46,7 @@ class OpticalBands:
 
     def prepare(self, source: "ProcessingSource", resampled: bool) -> gdal.Dataset:
         """Compute the stretch from the window; returns the dataset that is resampled (the band subset itself)."""
-        stretch = robust_stretch(source.subset)
+        stretch = robust_stretch(source.subset, name=source.path)
         if stretch.limits is not None:
             stretch = Stretch(tuple(stretch.limits[i - 1] for i in source.band_index))
         self.stretch = stretch
@@ -136,8 +139,12 @@ class ProcessingSource:
             width, height = cols, rows
         self.grid = subgrid(full, self.window, width, height)
         unique = sorted(set(self.bands))
+        alpha = alpha_band(self.dataset)
         self.subset = gdal.Translate(self.temporary_name(), self.dataset, format="VRT", bandList=unique,
-                                     srcWin=list(self.window), outputBounds=[0, 0, cols, -rows], maskBand="auto")
+                                     srcWin=list(self.window), outputBounds=[0, 0, cols, -rows],
+                                     maskBand=alpha if alpha and alpha not in unique else "auto")
+        if any(is_signed_byte(self.subset.GetRasterBand(i)) for i in range(1, len(unique) + 1)):
+            self.subset = self._reopened(signed_bytes_as_int16(self.subset.GetMetadata("xml:VRT")[0]))
         self.band_index = [unique.index(b) + 1 for b in self.bands]
         resampled = (width, height) != (cols, rows)
         self.resampled_source = self.band_reader.prepare(self, resampled)   # kept open while the warp reads it
@@ -150,6 +157,11 @@ class ProcessingSource:
             self.reader = gdal.Warp(self.temporary_name(), self.resampled_source, format="VRT", width=width,
                                     height=height, outputBounds=(0, -rows, cols, 0), resampleAlg=self.resampling,
                                     dstAlpha=True)
+
+    def _reopened(self, vrt_xml: str) -> gdal.Dataset:
+        name = self.temporary_name()
+        gdal.FileFromMemBuffer(name, vrt_xml.encode())
+        return gdal.Open(name)
 
     def temporary_name(self) -> str:
         """A /vsimem/ VRT name that ``close`` removes."""
