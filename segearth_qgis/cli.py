@@ -8,6 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .core.common.checks import MAX_WINDOWS
 from .core.common.choices import ATTENTIONS, BACKENDS, DEVICES, EVALUATION_PIPELINES, MODALITIES, MODEL_SOURCES, SENSORS
 from .core.common.failures import CANCELLED, failure_sentence
 
@@ -46,7 +47,7 @@ def console_feedback(quiet=False):
 
 def segment(args):
     """The Processing algorithm's pipeline without QGIS: GDAL in, GeoTIFF (and polygons) out."""
-    from .core.pipeline import SegmentOutputs, resolve_options, segment_raster
+    from .core.pipeline import SegmentOutputs, check_request, resolve_options, segment_raster
     from .core.runtime.loader import load_model
 
     feedback = console_feedback(args.quiet)
@@ -55,13 +56,14 @@ def segment(args):
         threshold=args.threshold, background=args.background, gba_lambda=args.gba_lambda, window=args.window,
         stride=args.stride, resolution=args.resolution, bands=args.bands,
         extent=tuple(args.extent) if args.extent else None, input_path=args.input, sensor=args.sensor,
-        polarisation=args.polarisation, model_path=args.model)
+        polarisation=args.polarisation, model_path=args.model, allow_large=args.allow_large)
     for note in notes:
         feedback.info(note)
-    model = load_model(args.model, modality, args.backend, args.device)
-    feedback.info(f"runtime: {model.runtime}")
     outputs = SegmentOutputs(args.output, confidence=args.confidence, vector=args.vector, areas_csv=args.areas,
                              simplify=args.simplify, min_area_m2=args.min_area)
+    check_request(args.input, outputs, options)
+    model = load_model(args.model, modality, args.backend, args.device)
+    feedback.info(f"runtime: {model.runtime}")
     result = segment_raster(model, args.input, outputs, options, feedback)
     for kind, path in result.outputs.items():
         print(f"{kind}: {path}")
@@ -158,7 +160,7 @@ def add_segment_parser(sub):
     seg.add_argument("--polarisation", help="SAR: a polarisation (VV, VH, HH, HV) or a band number; default VV")
     add_model_arguments(seg)
     seg.add_argument("--resolution", type=float, default=0.0, help="processing resolution in metres (0: native)")
-    seg.add_argument("--bands", type=int, nargs="+", help="1-based bands used as red, green, blue")
+    seg.add_argument("--bands", nargs="+", help="1-based bands used as red, green, blue: 3 2 1 or 3,2,1")
     seg.add_argument("--extent", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
                      help="part of the raster, in its CRS")
     seg.add_argument("--threshold", type=float, help="background probability threshold (default 0 or the preset's)")
@@ -171,6 +173,8 @@ def add_segment_parser(sub):
     seg.add_argument("--areas", help="also write the class areas as CSV")
     seg.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance (layer units)")
     seg.add_argument("--min-area", type=float, default=0.0, help="minimum polygon area in m2")
+    seg.add_argument("--allow-large", action="store_true",
+                     help=f"run even when the estimate is over {MAX_WINDOWS:,} windows (hours of work)")
     seg.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 

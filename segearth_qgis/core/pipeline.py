@@ -9,6 +9,7 @@ width, never on its height; there are no seams because no window is cut at a blo
 import csv
 import io
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -16,11 +17,23 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from osgeo import gdal
 
+from .common.checks import MAX_WINDOWS, band_numbers, finite_number
 from .common.feedback import CallbackFeedback, Cancelled, Feedback, as_feedback
 from .common.files import atomic_write
+from .common.outputs import check_output_paths
 from .gis.geo import AreaMeter
-from .gis.raster import CONFIDENCE_NODATA, LABEL_NODATA, RasterInputError, RasterWriter, bounded_block_cache
-from .gis.source import ProcessingSource
+from .gis.raster import (
+    CONFIDENCE_NODATA,
+    LABEL_NODATA,
+    Grid,
+    RasterInputError,
+    RasterWriter,
+    bounded_block_cache,
+    dataset_files,
+    open_raster,
+    raster_file_problem,
+)
+from .gis.source import BAND_READERS, ProcessingSource, processing_grids
 from .gis.style import class_colors, qml_path, raster_qml, vector_qml
 from .method.model import SegmentationModel
 from .method.resize import bilinear_taps, interpolate_taps
@@ -29,6 +42,8 @@ from .method.vocabulary import Vocabulary
 from .method.windows import normalize, window_batches, window_boxes
 
 OUTPUT_CHUNK_VALUES = 8 << 20   # floats per output chunk (queries x rows x width): about 32 MB
+MEMORY_SHARE = 0.7              # of the memory available now: a run estimated above it is refused
+MIN_GRID_SIDE = 16              # one patch of the model: a coarser processing grid holds no usable pixel
 
 
 @dataclass
@@ -45,6 +60,7 @@ class SegmentOptions:
     extent: tuple[float, float, float, float] | None = None  # (xmin, ymin, xmax, ymax) in the raster's CRS
     sensor: str = "optical"             # "optical" or "sar": how the raster is read (see ProcessingSource)
     polarisation: str | None = None     # SAR: a polarisation name or band number; None: VV, else band 1
+    allow_large: bool = False           # run even when the estimate is over MAX_WINDOWS (never over the memory)
 
 
 @dataclass
@@ -88,6 +104,13 @@ def resolve_options(classes: str | None = None, preset: str | None = None, thres
     from .gis.sar import decide_sensor
     from .method.presets import load_preset
 
+    threshold = finite_number("THRESHOLD", threshold, 0.0, 1.0)
+    gba_lambda = finite_number("GBA_LAMBDA", gba_lambda, 0.0)
+    grid["resolution"] = finite_number("RESOLUTION", grid.get("resolution") or 0.0, 0.0)
+    if grid.get("extent") is not None:
+        grid["extent"] = tuple(finite_number("EXTENT", value) for value in grid["extent"])
+    if grid.get("bands") is not None:
+        grid["bands"] = band_numbers("BANDS", grid["bands"])
     notes = []
     chosen = load_preset(preset) if preset else None
     if classes and classes.strip():
@@ -141,6 +164,126 @@ def _check_window(options: SegmentOptions, patch_size: int) -> None:
                                f"least {patch_size} px and 0 < stride <= window (defaults 224 and 112)")
 
 
+@dataclass(frozen=True)
+class RunEstimate:
+    """What a run will take, known before it starts: the processing grid, its windows and the peak memory."""
+
+    width: int
+    height: int
+    windows: int
+    memory_bytes: int
+
+    def describe(self) -> str:
+        return (f"a {self.width:,} x {self.height:,} px processing grid, {self.windows:,} windows, about "
+                f"{self.memory_bytes / 2 ** 30:.1f} GiB of memory")
+
+
+def estimate_run(width: int, height: int, queries: int, options: SegmentOptions) -> RunEstimate:
+    """The windows of a ``width`` x ``height`` processing grid and the stream's peak memory (its strips of logits,
+    their copies, the output chunks, a batch of windows' logits and the list of boxes)."""
+    window = options.window
+    rows = max(height - window + options.stride - 1, 0) // options.stride + 1
+    cols = max(width - window + options.stride - 1, 0) // options.stride + 1
+    strip = (queries + 1) * min(window, height) * width
+    batch = (options.batch_size or 16) * queries * window * window
+    floats = 7 * strip + 3 * OUTPUT_CHUNK_VALUES + 4 * batch
+    return RunEstimate(width, height, rows * cols, 4 * floats + 120 * rows * cols)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation now (Linux: MemAvailable), else the physical memory, or None."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_request(input_path: str | os.PathLike, outputs: SegmentOutputs, options: SegmentOptions) -> RunEstimate:
+    """Everything that can be known to fail before the first window, refused with a sentence that says what to do:
+    outputs onto inputs or onto each other, output formats, numbers, the class count, the input file itself, a grid
+    too coarse for the model, and a run too large (windows over ``MAX_WINDOWS`` unless ``options.allow_large``,
+    memory over ``MEMORY_SHARE`` of what is available). Returns the run's estimate."""
+    from .gis.vectorize import output_driver
+
+    class_names, _ = options.vocabulary.background(options.background)
+    if len(class_names) > LABEL_NODATA:
+        typed = len(options.vocabulary)
+        extra = "" if typed == len(class_names) else f" ({typed} typed and '{class_names[-1]}' for the pixels below " \
+                                                     "the threshold: name one of yours as BACKGROUND)"
+        raise RasterInputError(f"{len(class_names)} classes{extra} do not fit a uint8 raster whose value 255 is "
+                               f"nodata: map at most {LABEL_NODATA} classes")
+    local = raster_file_problem(input_path)
+    if local:
+        raise RasterInputError(local)
+    check_output_paths({"INPUT": dataset_files(input_path)},
+                       {"OUTPUT": outputs.classes, "OUTPUT_CONFIDENCE": outputs.confidence,
+                        "OUTPUT_VECTOR": outputs.vector, "OUTPUT_AREAS": outputs.areas_csv})
+    for name, path in (("OUTPUT", outputs.classes), ("OUTPUT_CONFIDENCE", outputs.confidence)):
+        if path and os.path.splitext(str(path))[1].lower() not in (".tif", ".tiff"):
+            raise RasterInputError(f"{name} ({path}): raster outputs are GeoTIFF: name it with .tif")
+    if outputs.vector:
+        output_driver(outputs.vector)
+    finite_number("MIN_AREA", outputs.min_area_m2, 0.0)
+    simplify = finite_number("SIMPLIFY", outputs.simplify, 0.0)
+    dataset = open_raster(input_path)
+    if dataset.RasterCount == 0:
+        raise RasterInputError(f"{input_path} has no raster bands")
+    BAND_READERS[options.sensor](dataset, options.bands, options.polarisation)
+    _, native, grid, pixel_metres = processing_grids(dataset, options.extent, options.resolution)
+    dataset = None
+    extent = native.extent
+    diagonal = math.hypot(extent[2] - extent[0], extent[3] - extent[1])
+    if simplify and simplify > diagonal:
+        raise RasterInputError(f"SIMPLIFY {simplify:g} is larger than the whole raster ({diagonal:.6g} layer "
+                               "units corner to corner): every polygon would vanish; use a tolerance of about a "
+                               f"pixel ({abs(native.geotransform[1]):.3g})")
+    if options.resolution and min(grid.width, grid.height) < MIN_GRID_SIDE:
+        finest = min(native.width * pixel_metres[0], native.height * pixel_metres[1]) / MIN_GRID_SIDE
+        raise RasterInputError(f"at RESOLUTION {options.resolution:g} m the raster becomes a {grid.width} x "
+                               f"{grid.height} px grid, smaller than one {MIN_GRID_SIDE}-px patch of the model: "
+                               f"use a RESOLUTION of at most {finest:.3g} m, or 0 for the native "
+                               f"{pixel_metres[0]:.3g} m pixels")
+    estimate = estimate_run(grid.width, grid.height, len(options.vocabulary.queries), options)
+    _check_size(estimate, options, native, pixel_metres)
+    return estimate
+
+
+def _check_size(estimate: RunEstimate, options: SegmentOptions, native: Grid, pixel_metres: tuple) -> None:
+    available = available_memory()
+    budget = None if available is None else MEMORY_SHARE * available
+    too_many = estimate.windows > MAX_WINDOWS and not options.allow_large
+    too_big = budget is not None and estimate.memory_bytes > budget
+    if not (too_many or too_big):
+        return
+    queries = len(options.vocabulary.queries)
+    extent_m = (native.width * pixel_metres[0], native.height * pixel_metres[1])
+
+    def fits(resolution: float) -> bool:
+        run = estimate_run(max(1, round(extent_m[0] / resolution)), max(1, round(extent_m[1] / resolution)), queries,
+                           options)
+        return (run.windows <= MAX_WINDOWS or options.allow_large) and (budget is None or run.memory_bytes <= budget)
+
+    low, high = 1e-6, max(extent_m)
+    for _ in range(60):  # geometric bisection for the finest resolution that fits
+        middle = math.sqrt(low * high)
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    finest = float(f"{high * 1.001:.3g}")
+    if too_big:
+        raise RasterInputError(f"this run needs {estimate.describe()}, more than the "
+                               f"{budget / 2 ** 30:.1f} GiB that can be used now: choose a RESOLUTION of at least "
+                               f"{finest:g} m, or a smaller extent")
+    raise RasterInputError(f"this run is very large: {estimate.describe()} (over {MAX_WINDOWS:,} windows, hours of "
+                           f"work): choose a RESOLUTION of at least {finest:g} m or a smaller extent, or confirm "
+                           "with ALLOW_LARGE (--allow-large)")
+
+
 def segment_raster(model: SegmentationModel, input_path: str | os.PathLike, outputs: SegmentOutputs,
                    options: SegmentOptions, feedback: Feedback | None = None) -> RasterSegmentation:
     """Segment ``input_path`` into ``outputs``; returns a ``RasterSegmentation``. Nothing is left behind on failure."""
@@ -152,9 +295,8 @@ def _segment_raster(model: SegmentationModel, input_path: str | os.PathLike, out
                     options: SegmentOptions, feedback: Feedback) -> RasterSegmentation:
     start = time.perf_counter()
     _check_window(options, model.patch_size)
+    estimate = check_request(input_path, outputs, options)
     class_names, background_index = options.vocabulary.background(options.background)
-    if len(class_names) >= LABEL_NODATA:
-        raise RasterInputError(f"{len(class_names)} classes do not fit a uint8 raster with nodata 255: use at most 254")
     colors = class_colors(class_names)
     options = replace(options, gba_lambda=model_gba_lambda(model, options))
     source = ProcessingSource(input_path, options.bands, options.extent, options.resolution, options.sensor,
@@ -162,6 +304,7 @@ def _segment_raster(model: SegmentationModel, input_path: str | os.PathLike, out
     writers = []
     try:
         _log_start(model, source, options, class_names, background_index, feedback)
+        feedback.info(f"estimate: {estimate.describe()}")
         writers.append(RasterWriter(outputs.classes, source.native, gdal.GDT_Byte, LABEL_NODATA, class_names, colors,
                                     "class"))
         if outputs.confidence:

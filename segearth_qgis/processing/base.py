@@ -1,6 +1,7 @@
 """What every SegEarth-OV algorithm shares: naming, feedback relay, runtime errors, and styling loaded outputs."""
 
 import functools
+import os
 import traceback
 from urllib.parse import quote
 
@@ -10,8 +11,11 @@ from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingUtils,
+    QgsProperty,
     QgsRasterLayer,
     QgsSettings,
 )
@@ -39,6 +43,14 @@ class SegEarthAlgorithm(QgsProcessingAlgorithm):
         super().__init_subclass__(**kwargs)
         if "processAlgorithm" in cls.__dict__:
             cls.processAlgorithm = one_sentence_errors(cls.__dict__["processAlgorithm"])
+
+    def checkParameterValues(self, parameters, context):
+        """A raster file that is missing, empty, truncated or not a raster is named with what is wrong (QGIS itself
+        reports such a file as 'not found')."""
+        problem = input_raster_problem(self, parameters, context)
+        if problem:
+            return False, problem
+        return super().checkParameterValues(parameters, context)
 
     def createInstance(self):
         return type(self)()
@@ -77,6 +89,7 @@ def one_sentence_errors(process_algorithm):
     @functools.wraps(process_algorithm)
     def run(self, parameters, context, feedback):
         try:
+            guard_outputs(self, parameters, context)
             return process_algorithm(self, parameters, context, feedback)
         except QgsProcessingException:
             raise
@@ -87,6 +100,68 @@ def one_sentence_errors(process_algorithm):
                 from error
 
     return run
+
+
+FILE_INPUT_TYPES = ("raster", "vector", "source", "file")
+
+
+def _file_of(value):
+    """The file path a raw parameter value names (``path|layername=...`` included), or None for a loaded layer, a
+    layer id, a database or web source."""
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        value = value.sink.staticValue()
+    elif isinstance(value, QgsProperty):
+        value = value.staticValue()
+    if not isinstance(value, str) or not value or value.startswith(("TEMPORARY_OUTPUT", "memory:", "ogr:",
+                                                                    "postgres:", "/vsi")):
+        return None
+    path = value.split("|")[0]
+    return path if os.path.isabs(path) or os.sep in path or "/" in path or os.path.splitext(path)[1] else None
+
+
+def _input_files(algorithm, parameters, context):
+    """{parameter name: the files of its input}, for the inputs that are files (a loaded layer by its source)."""
+    from ..core.gis.raster import dataset_files
+
+    inputs = {}
+    for definition in algorithm.parameterDefinitions():
+        name = definition.name()
+        unset = parameters.get(name) is None or parameters.get(name) == ""
+        if definition.isDestination() or definition.type() not in FILE_INPUT_TYPES or unset:
+            continue
+        if definition.type() == "file":
+            path = algorithm.parameterAsFile(parameters, name, context)
+        else:
+            layer = QgsProcessingUtils.mapLayerFromString(str(_file_of(parameters[name]) or parameters[name]),
+                                                          context)
+            path = _file_of(layer.source()) if layer is not None else _file_of(parameters[name])
+        if path and os.path.isfile(path):
+            inputs[name] = dataset_files(path)
+    return inputs
+
+
+def guard_outputs(algorithm, parameters, context):
+    """The output-path guard (core/common/outputs.py) for any algorithm: no output onto an input, onto another
+    output, or into a folder that cannot be written; before any work."""
+    from ..core.common.outputs import check_output_paths
+
+    outputs = {d.name(): _file_of(parameters.get(d.name())) for d in algorithm.parameterDefinitions()
+               if d.isDestination()}
+    if any(outputs.values()):
+        check_output_paths(_input_files(algorithm, parameters, context), outputs)
+
+
+def input_raster_problem(algorithm, parameters, context):
+    """What is wrong with a raster input given as a file path (core's raster_file_problem), or None."""
+    from ..core.gis.raster import raster_file_problem
+
+    for definition in algorithm.parameterDefinitions():
+        path = _file_of(parameters.get(definition.name())) if definition.type() == "raster" else None
+        if path and QgsProcessingUtils.mapLayerFromString(path, context, False) is None:
+            problem = raster_file_problem(path)
+            if problem:
+                return f"{definition.name()}: {problem}"
+    return None
 
 
 def configure_model_store():

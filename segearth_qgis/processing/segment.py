@@ -9,6 +9,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
@@ -24,6 +25,7 @@ from qgis.core import (
     QgsRasterPipe,
 )
 
+from ..core.common.checks import MAX_WINDOWS
 from ..core.common.choices import BACKENDS, DEVICES, SENSORS
 from .base import (
     DOUBLE,
@@ -49,7 +51,9 @@ RESOLUTION is the ground sample distance (metres, also for geographic CRSs) at w
 native pixels. The model sees 224-pixel windows, so objects should span a few dozen pixels: aerial and drone \
 images (5-30 cm): 0.3-0.6 m; Pleiades / WorldView pan-sharpened: native or 0.5-1 m; PlanetScope 3 m and \
 Sentinel-2 10 m: native, with land-cover words (cropland, forest, urban area) rather than objects. Web layers \
-(WMS, XYZ, WCS) need a RESOLUTION. The output is always on the input's pixel grid.
+(WMS, XYZ, WCS) need a RESOLUTION. The output is always on the input's pixel grid. Before any work the run is \
+estimated (grid, windows, memory): a run that cannot fit in memory is refused with the finest RESOLUTION that fits; \
+one over 100,000 windows (hours of work) needs ALLOW_LARGE.
 <h3>Bands</h3>
 BANDS gives red, green, blue (1-based). 16-bit and float data are stretched once per run (2-98 % cumulative cut \
 per band from an overview). Nodata, alpha and mask bands are respected and come out as nodata (255).
@@ -109,6 +113,10 @@ class SegmentAlgorithm(SegEarthAlgorithm):
         self.addParameter(advanced(QgsProcessingParameterNumber("MIN_AREA", "Minimum polygon area in m2 (smaller "
                                                                 "regions merge into a neighbour)", DOUBLE, 0.0,
                                                                 minValue=0.0)))
+        self.addParameter(advanced(QgsProcessingParameterBoolean("ALLOW_LARGE", "Run even when the estimate is very "
+                                                                 f"large (over {MAX_WINDOWS:,} windows: hours of "
+                                                                 "work)",
+                                                                 False)))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classes"))
         self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT_VECTOR", "Class polygons", optional=True,
                                                                   createByDefault=False))
@@ -125,7 +133,7 @@ class SegmentAlgorithm(SegEarthAlgorithm):
         from ..core.common.feedback import Cancelled
         from ..core.gis.raster import RasterInputError
         from ..core.gis.style import class_colors, raster_qml, vector_qml
-        from ..core.pipeline import SegmentOutputs, resolve_options, segment_raster
+        from ..core.pipeline import SegmentOutputs, check_request, resolve_options, segment_raster
 
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         if layer is None:
@@ -136,7 +144,8 @@ class SegmentAlgorithm(SegEarthAlgorithm):
             if not rectangle.isNull() and not rectangle.isEmpty():
                 extent = (rectangle.xMinimum(), rectangle.yMinimum(), rectangle.xMaximum(), rectangle.yMaximum())
         resolution = self.parameterAsDouble(parameters, "RESOLUTION", context)
-        bands = self.parameterAsInts(parameters, "BANDS", context) or renderer_bands(layer)
+        bands = (parameters.get("BANDS") if isinstance(parameters.get("BANDS"), str)  # qgis_process: BANDS=3,2,1
+                 else self.parameterAsInts(parameters, "BANDS", context)) or renderer_bands(layer)
 
         def number(name, read=self.parameterAsDouble):
             """None when unset, so that the preset's value (or the default) applies."""
@@ -152,16 +161,12 @@ class SegmentAlgorithm(SegEarthAlgorithm):
                 stride=number("STRIDE", self.parameterAsInt), resolution=resolution, bands=bands, extent=extent,
                 input_path=gdal_path(layer), sensor=self.parameterAsEnumString(parameters, "SENSOR", context) or "auto",
                 polarisation=self.parameterAsString(parameters, "POLARISATION", context) or None,
-                model_path=self.parameterAsFile(parameters, "MODEL", context) or None)
+                model_path=self.parameterAsFile(parameters, "MODEL", context) or None,
+                allow_large=self.parameterAsBool(parameters, "ALLOW_LARGE", context))
         except ValueError as error:
             raise QgsProcessingException(str(error)) from error
         for note in notes:
             feedback.pushInfo(note)
-        configure_model_store()
-        model = self._load_model(parameters, context, feedback, modality)
-        source, fetched = gdal_source(layer, extent, resolution, context, feedback)
-        if fetched:
-            options.extent = None
         outputs = SegmentOutputs(
             classes=self.parameterAsOutputLayer(parameters, "OUTPUT", context),
             confidence=self.parameterAsOutputLayer(parameters, "OUTPUT_CONFIDENCE", context) or None,
@@ -169,6 +174,13 @@ class SegmentAlgorithm(SegEarthAlgorithm):
             areas_csv=self.parameterAsFileOutput(parameters, "OUTPUT_AREAS", context) or None,
             simplify=self.parameterAsDouble(parameters, "SIMPLIFY", context),
             min_area_m2=self.parameterAsDouble(parameters, "MIN_AREA", context))
+        if gdal_path(layer) is not None:  # a web layer is checked once fetched
+            check_request(gdal_path(layer), outputs, options)
+        configure_model_store()
+        model = self._load_model(parameters, context, feedback, modality)
+        source, fetched = gdal_source(layer, extent, resolution, context, feedback)
+        if fetched:
+            options.extent = None
         try:
             result = segment_raster(model, source, outputs, options, ProcessingFeedbackBridge(feedback))
         except Cancelled:

@@ -15,6 +15,7 @@ from osgeo import gdal
 from . import sar
 from .geo import pixel_size_metres
 from .raster import (
+    Grid,
     RasterInputError,
     Stretch,
     alpha_band,
@@ -102,6 +103,22 @@ class SarBand:
 BAND_READERS = {reader.sensor: reader for reader in (OpticalBands, SarBand)}
 
 
+def processing_grids(dataset: gdal.Dataset, extent: tuple[float, float, float, float] | None,
+                     resolution: float) -> tuple[tuple[int, int, int, int], Grid, Grid, tuple[float, float]]:
+    """(pixel window, output grid, processing grid, the input's pixel size in metres) for ``extent`` at
+    ``resolution`` metres (0: native): the grids a run will have, known without reading a pixel."""
+    full = dataset_grid(dataset)
+    window = snap_window(full, extent)
+    pixel_metres = pixel_size_metres(full.geotransform, full.srs_wkt, full.width, full.height)
+    _, _, cols, rows = window
+    if resolution:
+        width = max(1, round(cols * pixel_metres[0] / resolution))
+        height = max(1, round(rows * pixel_metres[1] / resolution))
+    else:
+        width, height = cols, rows
+    return window, subgrid(full, window), subgrid(full, window, width, height), pixel_metres
+
+
 class ProcessingSource:
     """The chosen bands over the snapped window, resampled to the processing resolution, read in row strips as RGB.
 
@@ -122,22 +139,14 @@ class ProcessingSource:
             raise RasterInputError(f"{path} has no raster bands")
         if resolution and resolution < 0:
             raise RasterInputError(f"the resolution must be positive metres or 0 for native, not {resolution}")
-        full = dataset_grid(self.dataset)
         self.band_reader = BAND_READERS[sensor](self.dataset, bands, polarisation)
         self.sensor = self.band_reader.sensor
         self.bands = self.band_reader.bands
         self.notes = self.band_reader.notes
         self.warnings = self.band_reader.warnings
-        self.window = snap_window(full, extent)
-        self.native = subgrid(full, self.window)
-        self.pixel_metres = pixel_size_metres(full.geotransform, full.srs_wkt, full.width, full.height)
+        self.window, self.native, self.grid, self.pixel_metres = processing_grids(self.dataset, extent, resolution)
         col, row, cols, rows = self.window
-        if resolution:
-            width = max(1, round(cols * self.pixel_metres[0] / resolution))
-            height = max(1, round(rows * self.pixel_metres[1] / resolution))
-        else:
-            width, height = cols, rows
-        self.grid = subgrid(full, self.window, width, height)
+        width, height = self.grid.width, self.grid.height
         unique = sorted(set(self.bands))
         alpha = alpha_band(self.dataset)
         self.subset = gdal.Translate(self.temporary_name(), self.dataset, format="VRT", bandList=unique,
