@@ -72,10 +72,13 @@ def segment(args):
 
 def evaluate(args: argparse.Namespace) -> int:
     """Score the model on a labelled folder as the papers did; prints the table, writes JSON, CSV and a PNG."""
+    from .core.common.outputs import check_output_paths
     from .core.eval.dataset import EvaluationSettings, evaluate_dataset
 
     feedback = console_feedback(args.quiet)
     out = Path(args.out)
+    check_output_paths({"--images": folder_files(args.images), "--labels": folder_files(args.labels)},
+                       {"--out": out, "--out (CSV)": out.with_suffix(".csv"), "--out (PNG)": out.with_suffix(".png")})
     settings = EvaluationSettings(
         preset=args.preset, classes=args.classes.replace("\\n", "\n") if args.classes else None, model=args.model,
         label_map=args.label_map, ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label,
@@ -90,6 +93,12 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.save_predictions:
         print(f"predictions: {args.save_predictions}")
     return 0
+
+
+def folder_files(folder: str) -> list[Path]:
+    """The files directly in ``folder`` (none when it is not a folder: the command then says so itself)."""
+    path = Path(folder)
+    return [p for p in path.iterdir() if p.is_file()] if path.is_dir() else []
 
 
 def export(args):

@@ -274,7 +274,8 @@ def _check_size(estimate: RunEstimate, options: SegmentOptions, native: Grid, pi
     for _ in range(60):  # geometric bisection for the finest resolution that fits
         middle = math.sqrt(low * high)
         low, high = (low, middle) if fits(middle) else (middle, high)
-    finest = float(f"{high * 1.001:.3g}")
+    step = 10 ** (math.floor(math.log10(high)) - 2)
+    finest = float(f"{math.ceil(high / step) * step:.3g}")  # three digits, rounded up so that it fits
     if too_big:
         raise RasterInputError(f"this run needs {estimate.describe()}, more than the "
                                f"{budget / 2 ** 30:.1f} GiB that can be used now: choose a RESOLUTION of at least "

@@ -9,7 +9,7 @@ from .failures import ActionableError
 MAX_WINDOWS = 100_000   # about 8 h on a CPU: a larger run needs the user's confirmation (ALLOW_LARGE, --allow-large)
 
 
-class ParameterError(ActionableError):
+class ParameterError(ActionableError, ValueError):
     """A parameter value that cannot be used; the text names the parameter and says what to give."""
 
 

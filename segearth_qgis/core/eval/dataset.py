@@ -11,6 +11,7 @@ from osgeo import gdal
 from ..common.choices import EVALUATION_PIPELINES
 from ..common.feedback import Feedback, as_feedback
 from ..common.files import atomic_write, temporary_sibling
+from ..common.outputs import check_output_paths
 from ..gis.raster import (
     GTIFF_OPTIONS,
     LABEL_NODATA,
@@ -329,6 +330,10 @@ def evaluate_dataset(images: Path | str, labels: Path | str, settings: Evaluatio
         raise ValueError(f"pipeline must be one of {', '.join(EVALUATION_PIPELINES)}, not {settings.pipeline!r}")
     feedback = as_feedback(feedback)
     pairs = pair_files(images, labels, settings.label_suffix, settings.split)
+    if settings.save_predictions:
+        check_output_paths({"images and labels": [path for _, image, label in pairs for path in (image, label)]},
+                           {f"the prediction of {stem}": Path(settings.save_predictions) / f"{stem}.tif"
+                            for stem, _, _ in pairs})
     evaluation = _resolve(settings)
     for note in evaluation.notes:
         feedback.info(note)

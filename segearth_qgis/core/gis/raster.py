@@ -97,12 +97,28 @@ def dataset_files(path: str | os.PathLike) -> list[str]:
         dataset = gdal.OpenEx(os.fspath(path))
     except RuntimeError:
         return files
-    return files + [f for f in (dataset.GetFileList() or []) if f != files[0]] if dataset else files
+    if dataset is None:
+        return files
+    return files + [f for f in [*(dataset.GetFileList() or []), *vrt_sources(dataset)] if f != files[0]]
 
 
 def _is_local(path: str) -> bool:
     return not path.startswith("/vsi") and "://" not in path and not path.upper().startswith(("WMS:", "PG:", "NETCDF:",
                                                                                                "HDF5:", "HDF4_"))
+
+
+def vrt_sources(dataset: gdal.Dataset) -> list[str]:
+    """The source files a VRT names (GDAL's file list leaves out the missing ones); none for other formats."""
+    if dataset.GetDriver().ShortName != "VRT":
+        return []
+    import xml.etree.ElementTree as ElementTree
+
+    folder = os.path.dirname(dataset.GetDescription())
+    sources = []
+    for element in ElementTree.fromstring(dataset.GetMetadata("xml:VRT")[0]).iter("SourceFilename"):
+        name = element.text or ""
+        sources.append(os.path.join(folder, name) if element.get("relativeToVRT") == "1" else name)
+    return sorted(set(sources))
 
 
 def raster_file_problem(path: str | os.PathLike) -> str | None:
@@ -119,7 +135,7 @@ def raster_file_problem(path: str | os.PathLike) -> str | None:
     except RuntimeError as error:
         return (f"GDAL cannot read {path} ({str(error).strip()}): it is damaged or not a raster; check it with "
                 "gdalinfo, or copy or export it again")
-    for source in (dataset.GetFileList() or [])[1:]:
+    for source in vrt_sources(dataset):
         if _is_local(source) and not os.path.exists(source):
             return f"{path} refers to {source}, which does not exist: restore that file or rebuild the VRT"
     width, height = dataset.RasterXSize, dataset.RasterYSize
