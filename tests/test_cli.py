@@ -1,8 +1,12 @@
 """The command-line segment (core only, no qgis import)."""
 
+import contextlib
+import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 from osgeo import gdal
 from rasters import scene_bands, write_geotiff
 
@@ -55,3 +59,85 @@ def test_a_missing_input_is_one_sentence_naming_it(tmp_path):
     assert run.returncode == 1
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("segment failed: ") and str(missing) in run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "out.tif").exists()
+
+
+def cli(*arguments, timeout=300):
+    return subprocess.run([sys.executable, "-c", NO_QGIS, *map(str, arguments)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_an_output_onto_the_input_is_refused_and_the_input_kept(tiny_bundle, tmp_path):
+    source = write_geotiff(tmp_path / "scene.tif", scene_bands(60, 80, seed=12))
+    before = open(source, "rb").read()
+    for output, extra in ((source, []), (tmp_path / "c.tif", ["--areas", source]),
+                          (tmp_path / "c.tif", ["--confidence", tmp_path / "c.tif"])):
+        run = cli("segment", source, output, "--classes", "road", "--model", tiny_bundle, *extra)
+        assert run.returncode == 1 and run.stderr.splitlines()[-1].startswith("segment failed: ") and \
+            "Traceback" not in run.stderr
+        assert "would overwrite the" in run.stderr and "choose another file name" in run.stderr
+    assert open(source, "rb").read() == before and sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+# the peak RSS of this process alone (getrusage's ru_maxrss keeps the parent's peak across fork and exec)
+MEASURED = NO_QGIS.replace("sys.exit(code)", "print([line.split()[1] for line in open('/proc/self/status') "
+                                             "if line.startswith('VmHWM:')][0])\nsys.exit(code)")
+
+
+def test_a_far_too_fine_resolution_is_refused_at_once_with_little_memory(tiny_bundle, tmp_path):
+    source = write_geotiff(tmp_path / "scene.tif", scene_bands(100, 100, seed=13))  # 50 m at 0.5 m
+    run = subprocess.run([sys.executable, "-c", MEASURED, "segment", source, str(tmp_path / "c.tif"), "--classes",
+                          "road\\nwater", "--model", str(tiny_bundle), "--resolution", "0.0004"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert "a 125,000 x 125,000 px processing grid, 1,24" in run.stderr and "choose a RESOLUTION of at least" in \
+        run.stderr
+    assert int(run.stdout.strip()) < 600 * 1024, "peak RSS in KiB: the refusal came after allocating"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+def test_bands_as_one_comma_list(tiny_bundle, tmp_path):
+    bands = np.concatenate([scene_bands(50, 60, seed=14), scene_bands(50, 60, seed=15)[:1]])
+    source = write_geotiff(tmp_path / "four.tif", bands)
+    outputs = []
+    for spelling in (["3,2,1"], ["3", "2", "1"]):
+        out = tmp_path / f"c{len(outputs)}.tif"
+        run = cli("segment", source, out, "--classes", "road\\nwater", "--model", tiny_bundle, "--bands", *spelling)
+        assert run.returncode == 0, run.stderr
+        assert "bands [3, 2, 1]" in run.stderr
+        outputs.append(gdal.Open(str(out)).ReadAsArray())
+    assert np.array_equal(*outputs)
+
+
+@contextlib.contextmanager
+def small_disk(path, size, read_only=False):
+    """A tmpfs of ``size`` mounted at ``path`` (needs root; skips otherwise)."""
+    path.mkdir()
+    options = f"size={size}" + (",ro" if read_only else "")
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                                           capture_output=True).returncode:
+        pytest.skip("a small disk needs root and mount: the full-disk sentence is checked where tmpfs can be mounted")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_disk_says_so_naming_the_output_and_leaves_nothing(tiny_bundle, tmp_path):
+    rng = np.random.default_rng(16)
+    source = write_geotiff(tmp_path / "scene.tif", rng.integers(0, 255, (3, 400, 400), dtype=np.uint8))
+    with small_disk(tmp_path / "disk", "200k") as disk:
+        run = cli("segment", source, disk / "c.tif", "--classes", "road\\nwater\\ntree", "--model", tiny_bundle,
+                  "--confidence", disk / "confidence.tif")
+        assert run.returncode == 1
+        assert run.stderr.strip().splitlines()[-1].startswith("segment failed: the disk is full (writing "
+                                                               f"{disk}/"), run.stderr
+        assert ".partial" not in run.stderr and list(disk.iterdir()) == []
+
+
+def test_a_read_only_folder_is_refused_naming_the_output_not_a_temporary_file(tiny_bundle, tmp_path):
+    source = write_geotiff(tmp_path / "scene.tif", scene_bands(40, 40, seed=17))
+    with small_disk(tmp_path / "ro", "1m", read_only=True) as folder:
+        run = cli("segment", source, folder / "c.tif", "--classes", "road", "--model", tiny_bundle)
+        assert run.returncode == 1
+        assert f"segment failed: OUTPUT ({folder}/c.tif) cannot be written: the folder {folder} is read-only" in \
+            run.stderr and ".partial" not in run.stderr

@@ -1,8 +1,10 @@
 """Files written whole or not at all, and their SHA-256: the one helper of each kind for every room of the plugin."""
 
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,8 +28,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temp
         os.replace(temp, path)
+    except OSError as error:
+        if error.filename is None or Path(error.filename) != temp:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error  # name the output, not its hidden temp
     finally:
         temp.unlink(missing_ok=True)
+
+
+def disk_full_error(path: str | os.PathLike, error: Exception) -> OSError | None:
+    """An ENOSPC OSError naming ``path`` when ``error`` (often a GDAL RuntimeError without an errno) came from a
+    full disk: its text says so, or the folder has less than a block left."""
+    text = str(error).lower()
+    folder = Path(path).absolute().parent
+    try:
+        nearly_full = shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        nearly_full = False
+    if nearly_full or "no space left" in text or "disk full" in text or "free disk space" in text:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes, encoding: str = "utf-8") -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal, ogr
 
-from ..common.files import temporary_sibling
+from ..common.files import disk_full_error, temporary_sibling
 
 LABEL_NODATA = 255
 CONFIDENCE_NODATA = -1.0
@@ -332,7 +332,8 @@ class RasterWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.temp = temporary_sibling(self.path)
         driver = gdal.GetDriverByName("GTiff")
-        self.dataset = driver.Create(str(self.temp), grid.width, grid.height, 1, data_type, GTIFF_OPTIONS)
+        with self.writing():
+            self.dataset = driver.Create(str(self.temp), grid.width, grid.height, 1, data_type, GTIFF_OPTIONS)
         self.dataset.SetGeoTransform(grid.geotransform)
         self.dataset.SetProjection(grid.srs_wkt)
         band = self.dataset.GetRasterBand(1)
@@ -348,12 +349,27 @@ class RasterWriter:
             band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
             band.SetCategoryNames(list(class_names))
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """GDAL's write errors said of the output, not of its hidden temporary file: a full disk as such."""
+        try:
+            yield
+        except RuntimeError as error:
+            full = disk_full_error(self.path, error)
+            if full is not None:
+                raise full from error
+            text = str(error).replace(str(self.temp), str(self.path))
+            raise OSError(f"GDAL could not write {self.path} ({text.strip()}): check the disk and the folder's "
+                          "permissions, or choose another output") from error
+
     def write(self, row: int, array: np.ndarray) -> None:
-        self.dataset.GetRasterBand(1).WriteArray(array, 0, row)
+        with self.writing():
+            self.dataset.GetRasterBand(1).WriteArray(array, 0, row)
 
     def close(self) -> None:
         if self.dataset is not None:
-            self.dataset.FlushCache()
+            with self.writing():
+                self.dataset.FlushCache()
             self.dataset = None
 
     def temp_files(self) -> list[Path]:

@@ -5,9 +5,11 @@ The input is never modified: every read goes through in-memory VRTs (band subset
 resolution) that ``close`` removes.
 """
 
+import contextlib
 import os
+import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from osgeo import gdal
@@ -187,11 +189,23 @@ class ProcessingSource:
         validity mask (h, w)."""
         rows = row1 - row0
         width = (self.grid.width if col1 is None else col1) - col0
-        valid = self._valid(self.reader, col0, row0, width, rows)
-        rgb, sensor_valid = self.band_reader.read(self.reader, self.band_index, col0, row0, width, rows)
+        with self.reading(row0, row1):
+            valid = self._valid(self.reader, col0, row0, width, rows)
+            rgb, sensor_valid = self.band_reader.read(self.reader, self.band_index, col0, row0, width, rows)
         if sensor_valid is not None:
             valid &= sensor_valid
         return rgb, valid
+
+    @contextlib.contextmanager
+    def reading(self, row0: int, row1: int) -> Iterator[None]:
+        """A GDAL read error mid-run (a damaged block, a source gone) said of the input, not of a /vsimem VRT."""
+        try:
+            yield
+        except RuntimeError as error:
+            text = re.sub(r"/vsimem/segearth-[0-9a-f]+\.vrt", self.path, str(error)).strip()
+            raise RasterInputError(f"GDAL could not read {self.path} (processing rows {row0}-{row1}: {text}): the "
+                                   "file is damaged or truncated, or a source is gone; check it with gdalinfo "
+                                   "-checksum, or copy it again") from error
 
     def _valid(self, dataset: gdal.Dataset, col: int, row: int, cols: int, rows: int) -> np.ndarray:
         if dataset is self.reader and self.resampling != "none":
@@ -202,8 +216,9 @@ class ProcessingSource:
         """Output-grid rows [row0, row1): True where the input has data in every chosen band (and the band reader
         accepts the values)."""
         width = self.native.width
-        valid = self._valid(self.subset, 0, row0, width, row1 - row0)
-        sensor_valid = self.band_reader.native_valid(self.subset, row0, width, row1 - row0)
+        with self.reading(row0, row1):
+            valid = self._valid(self.subset, 0, row0, width, row1 - row0)
+            sensor_valid = self.band_reader.native_valid(self.subset, row0, width, row1 - row0)
         if sensor_valid is not None:
             valid &= sensor_valid
         return valid
