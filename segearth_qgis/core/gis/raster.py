@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal, ogr
 
+from ..common import signals
 from ..common.files import temporary_sibling
 
 LABEL_NODATA = 255
@@ -232,6 +233,7 @@ class RasterWriter:
             raise RasterInputError(f"raster outputs are GeoTIFF: name {self.path} with .tif")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.temp = temporary_sibling(self.path)
+        signals.register(*self.temp_files())
         driver = gdal.GetDriverByName("GTiff")
         self.dataset = driver.Create(str(self.temp), grid.width, grid.height, 1, data_type, GTIFF_OPTIONS)
         self.dataset.SetGeoTransform(grid.geotransform)
@@ -269,12 +271,14 @@ class RasterWriter:
         elif final_aux.exists():
             final_aux.unlink()
         os.replace(self.temp, self.path)
+        signals.unregister(*self.temp_files())
 
     def discard(self) -> None:
         self.dataset = None
         for path in self.temp_files():
             if path.exists():
                 path.unlink()
+        signals.unregister(*self.temp_files())
 
 
 def category_names(band: gdal.Band) -> list[str]:
