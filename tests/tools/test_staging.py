@@ -7,7 +7,8 @@ import sys
 
 from tools.build.environment import ROOT
 
-STAGE = "import sys\nfrom tools.build.plugin import stage_plugin\nstage_plugin(sys.argv[1])\nprint('staged', flush=True)\n"
+STAGE = ("import sys\nfrom tools.build.plugin import stage_plugin\n"
+         "stage_plugin(sys.argv[1])\nprint('staged', flush=True)\n")
 WAITING = "[build] waiting for another build.py command to finish staging ...\n"
 
 
