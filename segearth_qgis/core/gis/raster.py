@@ -234,22 +234,26 @@ class RasterWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.temp = temporary_sibling(self.path)
         signals.register(*self.temp_files())
-        driver = gdal.GetDriverByName("GTiff")
-        self.dataset = driver.Create(str(self.temp), grid.width, grid.height, 1, data_type, GTIFF_OPTIONS)
-        self.dataset.SetGeoTransform(grid.geotransform)
-        self.dataset.SetProjection(grid.srs_wkt)
-        band = self.dataset.GetRasterBand(1)
-        band.SetNoDataValue(nodata)
-        if description:
-            band.SetDescription(description)
-        if class_names is not None:
-            table = gdal.ColorTable()
-            for index, color in enumerate(colors):
-                table.SetColorEntry(index, (*color, 255))
-            table.SetColorEntry(int(nodata), (0, 0, 0, 0))
-            band.SetRasterColorTable(table)
-            band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
-            band.SetCategoryNames(list(class_names))
+        try:  # a failure or Ctrl+C while creating it leaves no file: the caller has no writer to discard yet
+            driver = gdal.GetDriverByName("GTiff")
+            self.dataset = driver.Create(str(self.temp), grid.width, grid.height, 1, data_type, GTIFF_OPTIONS)
+            self.dataset.SetGeoTransform(grid.geotransform)
+            self.dataset.SetProjection(grid.srs_wkt)
+            band = self.dataset.GetRasterBand(1)
+            band.SetNoDataValue(nodata)
+            if description:
+                band.SetDescription(description)
+            if class_names is not None:
+                table = gdal.ColorTable()
+                for index, color in enumerate(colors):
+                    table.SetColorEntry(index, (*color, 255))
+                table.SetColorEntry(int(nodata), (0, 0, 0, 0))
+                band.SetRasterColorTable(table)
+                band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+                band.SetCategoryNames(list(class_names))
+        except BaseException:
+            self.discard()
+            raise
 
     def write(self, row: int, array: np.ndarray) -> None:
         self.dataset.GetRasterBand(1).WriteArray(array, 0, row)
