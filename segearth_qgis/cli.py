@@ -11,6 +11,7 @@ from pathlib import Path
 from .core.common.checks import MAX_WINDOWS
 from .core.common.choices import ATTENTIONS, BACKENDS, DEVICES, EVALUATION_PIPELINES, MODALITIES, MODEL_SOURCES, SENSORS
 from .core.common.failures import CANCELLED, failure_sentence
+from .core.common.signals import install_cleanup_handlers
 
 
 def console_feedback(quiet=False):
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     for add_parser in PARSERS:
         add_parser(sub)
     accept_debug_after_commands(sub)
+    install_cleanup_handlers()
     return run_command(parser.parse_args(argv))
 
 

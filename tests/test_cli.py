@@ -2,8 +2,12 @@
 
 import contextlib
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -141,3 +145,49 @@ def test_a_read_only_folder_is_refused_naming_the_output_not_a_temporary_file(ti
         assert run.returncode == 1
         assert f"segment failed: OUTPUT ({folder}/c.tif) cannot be written: the folder {folder} is read-only" in \
             run.stderr and ".partial" not in run.stderr
+
+
+# the moments a signal reaches segment: each waits for a line or a percent on stderr
+MOMENTS = {
+    "reading": lambda err: "classes: " in err,  # the last line before the outputs are created and the first rows read
+    "model": lambda err: 5 <= last_percent(err) < 30,
+    "writing": lambda err: 70 <= last_percent(err) < 100,  # most window rows finished and written to the GeoTIFFs
+}
+
+
+def last_percent(stderr):
+    found = re.findall(r"(\d+\.\d) %", stderr)
+    return float(found[-1]) if found else -1.0
+
+
+@pytest.fixture(scope="module")
+def large_scene(tmp_path_factory):
+    """A scene large enough that segment runs for a few seconds."""
+    return write_geotiff(tmp_path_factory.mktemp("scene") / "scene.tif", scene_bands(800, 800, seed=5))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP and signal exit statuses are POSIX only")
+@pytest.mark.parametrize("moment", MOMENTS)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_leaves_no_file_behind(tiny_bundle, large_scene, tmp_path, signum, moment):
+    """SIGTERM and SIGHUP remove the partial outputs and the process dies of the signal; SIGINT cancels (exit 130)."""
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-c", NO_QGIS, "segment", large_scene, str(out / "classes.tif"),
+                                "--classes", "building\\nroad\\nwater\\ntree", "--model", str(tiny_bundle),
+                                "--device", "cpu", "--confidence", str(out / "confidence.tif"),
+                                "--vector", str(out / "classes.gpkg"), "--areas", str(out / "areas.csv")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(process.stderr.fileno(), 4096), b"")))
+    reader.start()
+    deadline = time.monotonic() + 240
+    while not MOMENTS[moment](b"".join(chunks).decode(errors="replace")):
+        assert process.poll() is None, f"segment ended before the {moment} moment:\n{b''.join(chunks).decode()}"
+        assert time.monotonic() < deadline, f"no {moment} moment in 240 s"
+        time.sleep(0.01)
+    process.send_signal(signum)
+    returncode = process.wait(timeout=120)
+    reader.join()
+    stderr = b"".join(chunks).decode(errors="replace")
+    assert returncode == (130 if signum == signal.SIGINT else -signum), stderr
+    assert (sorted(os.listdir(out)) if out.exists() else []) == [], stderr

@@ -1,9 +1,10 @@
 """The Processing provider ``segearth``; it loads without torch or onnxruntime, which the algorithms import lazily."""
 
-from qgis.core import Qgis, QgsMessageLog, QgsProcessingProvider
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.common.resources import resource_path
+from ..core.common.signals import install_cleanup_handlers
 from .base import MODEL_DIR_SETTING, runtime_root
 
 
@@ -21,9 +22,14 @@ class SegEarthProvider(QgsProcessingProvider):
         return QIcon(str(resource_path("icon.svg")))
 
     def load(self):
-        """Logs which runtimes are installed (found without importing them), registers the Model folder setting
-        (Options > Processing > Providers), then the algorithms."""
+        """Outside the desktop, SIGTERM and SIGHUP remove the outputs in flight; logs which runtimes are installed
+        (found without importing them), registers the Model folder setting (Options > Processing > Providers), then
+        the algorithms."""
         from ..core.setup.dependencies import active_site, changed_since_install, detect
+
+        # the desktop's main thread waits in Qt's event loop, where a Python handler would hold the signal back
+        if QgsApplication.platform() != "desktop":
+            install_cleanup_handlers()
 
         root = runtime_root()
         QgsMessageLog.logMessage(f"runtime: {detect(active_site(root)).summary()}", self.name(),

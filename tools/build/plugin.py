@@ -2,6 +2,8 @@
 and qgis_process with the staged plugin in an isolated profile."""
 
 import configparser
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -10,7 +12,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .environment import ROOT, SetupError, project_env, say
+from .environment import ROOT, SetupError, cache_dir, project_env, say
 
 PACKAGE_LIMIT_BYTES = 25 * 1024 * 1024
 
@@ -27,18 +29,33 @@ METADATA_REQUIRED = ["name", "qgisMinimumVersion", "description", "about", "vers
 TEXT_PROBE_BYTES = 8192
 
 
+@contextlib.contextmanager
+def staging_lock():
+    """One staging at a time across build.py commands: a second waits for the first (and says so once)."""
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "stage.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("waiting for another build.py command to finish staging ...")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
 def stage_plugin(destination, metadata=ROOT / "metadata.txt"):
     """The installable plugin folder: ``segearth_qgis/`` with ``metadata.txt``, ``resources/``, ``LICENSE`` and
     ``NOTICE`` placed inside it (``package`` refuses a folder without a licence)."""
     target = Path(destination) / "segearth_qgis"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(ROOT / "segearth_qgis", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy2(metadata, target / "metadata.txt")
-    shutil.copytree(ROOT / "resources", target / "resources")
-    for name in ("LICENSE", "NOTICE"):
-        if (ROOT / name).is_file():
-            shutil.copy2(ROOT / name, target / name)
+    with staging_lock():
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(ROOT / "segearth_qgis", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy2(metadata, target / "metadata.txt")
+        shutil.copytree(ROOT / "resources", target / "resources")
+        for name in ("LICENSE", "NOTICE"):
+            if (ROOT / name).is_file():
+                shutil.copy2(ROOT / name, target / name)
     return target
 
 

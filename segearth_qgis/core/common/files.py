@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from . import signals
+
 CHUNK_BYTES = 1 << 20
 
 
@@ -26,8 +28,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = temporary_sibling(path)
     try:
-        yield temp
-        os.replace(temp, path)
+        with signals.in_flight(temp):
+            yield temp
+            os.replace(temp, path)
     except OSError as error:
         if error.filename is None or Path(error.filename) != temp:
             raise

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
+from ..common import signals
 from ..common.choices import EVALUATION_PIPELINES
 from ..common.feedback import Feedback, as_feedback
 from ..common.files import atomic_write, temporary_sibling
@@ -129,14 +130,15 @@ def write_prediction(path: Path | str, labels: np.ndarray, class_names: list[str
     band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
     band.SetCategoryNames(list(class_names))
     temp = temporary_sibling(path)
+    aux = Path(f"{temp}.aux.xml")
     try:
-        gdal.GetDriverByName("GTiff").CreateCopy(str(temp), memory, options=GTIFF_OPTIONS)
-        aux = Path(f"{temp}.aux.xml")
-        if aux.exists():
-            os.replace(aux, f"{path}.aux.xml")
-        os.replace(temp, path)
+        with signals.in_flight(temp, aux):
+            gdal.GetDriverByName("GTiff").CreateCopy(str(temp), memory, options=GTIFF_OPTIONS)
+            if aux.exists():
+                os.replace(aux, f"{path}.aux.xml")
+            os.replace(temp, path)
     finally:
-        for leftover in (temp, Path(f"{temp}.aux.xml")):
+        for leftover in (temp, aux):
             leftover.unlink(missing_ok=True)
     atomic_write(qml_path(path), raster_qml(class_names, colors))
     return path

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common import signals
 from ..common.files import atomic_write, temporary_sibling
 from ..method.presets import Preset
 from ..method.vocabulary import BACKGROUND_NAMES, UNCLASSIFIED, Vocabulary
@@ -323,8 +324,9 @@ def plot_confusion(path: Path | str, report: EvaluationReport) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = temporary_sibling(path)
     try:
-        figure.savefig(temp, format="png")
-        os.replace(temp, path)
+        with signals.in_flight(temp):
+            figure.savefig(temp, format="png")
+            os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
     return path

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal, ogr
 
+from ..common import signals
 from ..common.files import disk_full_error, temporary_sibling
 
 LABEL_NODATA = 255
@@ -331,23 +332,28 @@ class RasterWriter:
             raise RasterInputError(f"raster outputs are GeoTIFF: name {self.path} with .tif")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.temp = temporary_sibling(self.path)
-        driver = gdal.GetDriverByName("GTiff")
-        with self.writing():
-            self.dataset = driver.Create(str(self.temp), grid.width, grid.height, 1, data_type, GTIFF_OPTIONS)
-        self.dataset.SetGeoTransform(grid.geotransform)
-        self.dataset.SetProjection(grid.srs_wkt)
-        band = self.dataset.GetRasterBand(1)
-        band.SetNoDataValue(nodata)
-        if description:
-            band.SetDescription(description)
-        if class_names is not None:
-            table = gdal.ColorTable()
-            for index, color in enumerate(colors):
-                table.SetColorEntry(index, (*color, 255))
-            table.SetColorEntry(int(nodata), (0, 0, 0, 0))
-            band.SetRasterColorTable(table)
-            band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
-            band.SetCategoryNames(list(class_names))
+        signals.register(*self.temp_files())
+        try:  # a failure or Ctrl+C while creating it leaves no file: the caller has no writer to discard yet
+            driver = gdal.GetDriverByName("GTiff")
+            with self.writing():
+                self.dataset = driver.Create(str(self.temp), grid.width, grid.height, 1, data_type, GTIFF_OPTIONS)
+            self.dataset.SetGeoTransform(grid.geotransform)
+            self.dataset.SetProjection(grid.srs_wkt)
+            band = self.dataset.GetRasterBand(1)
+            band.SetNoDataValue(nodata)
+            if description:
+                band.SetDescription(description)
+            if class_names is not None:
+                table = gdal.ColorTable()
+                for index, color in enumerate(colors):
+                    table.SetColorEntry(index, (*color, 255))
+                table.SetColorEntry(int(nodata), (0, 0, 0, 0))
+                band.SetRasterColorTable(table)
+                band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+                band.SetCategoryNames(list(class_names))
+        except BaseException:
+            self.discard()
+            raise
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
@@ -384,12 +390,14 @@ class RasterWriter:
         elif final_aux.exists():
             final_aux.unlink()
         os.replace(self.temp, self.path)
+        signals.unregister(*self.temp_files())
 
     def discard(self) -> None:
         self.dataset = None
         for path in self.temp_files():
             if path.exists():
                 path.unlink()
+        signals.unregister(*self.temp_files())
 
 
 def category_names(band: gdal.Band) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from osgeo import gdal, ogr, osr
 
+from ..common import signals
 from ..common.feedback import Cancelled, Feedback, as_feedback
 from ..common.files import temporary_sibling
 from .geo import AreaMeter, spatial_reference
@@ -15,6 +16,7 @@ from .raster import category_names, close_dataset, open_raster
 DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON", ".json": "GeoJSON",
            ".fgb": "FlatGeobuf"}
 SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".shp")  # .shp last: complete when seen
+SQLITE_SIDECARS = ("-journal", "-wal", "-shm")  # what SQLite writes beside a GeoPackage being written
 FIELDS = (("class_id", ogr.OFTInteger), ("class_name", ogr.OFTString), ("area_m2", ogr.OFTReal))
 CHECK_EVERY = 64            # features written between two cancel checks
 
@@ -90,9 +92,10 @@ def polygonize(raster_path: str | os.PathLike, output_path: str | os.PathLike,
     temp = temporary_sibling(output_path)
     name = output_path.stem if driver_name == "ESRI Shapefile" else (layer_name or output_path.stem)
     try:
-        areas, count, used = _write(regions, temp, driver_name, name, srs, names, meter, simplify, feedback,
-                                    sieve_share + polygonize_share)
-        _move_into_place(temp, output_path)
+        with signals.in_flight(*_parts(temp), *(f"{temp}{sqlite}" for sqlite in SQLITE_SIDECARS)):
+            areas, count, used = _write(regions, temp, driver_name, name, srs, names, meter, simplify, feedback,
+                                        sieve_share + polygonize_share)
+            _move_into_place(temp, output_path)
     except BaseException:
         _remove_partials(temp)
         raise

@@ -21,6 +21,7 @@ from open_clip.tokenizer import default_bpe, tokenize
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch.export import Dim
 
+from ..common import signals
 from ..common.choices import MODALITIES
 from ..common.failures import ActionableError
 from ..common.feedback import Feedback, as_feedback
@@ -207,6 +208,7 @@ def export_bundle(clip: str | os.PathLike, upsampler: str | os.PathLike | None, 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
+    signals.register(partial)
     partial.mkdir()
     try:
         feedback.info(f"exporting {arch} ({attention}, last {last_n}, {'QuickGELU' if quick_gelu else 'GELU'}) to "
@@ -243,6 +245,7 @@ def export_bundle(clip: str | os.PathLike, upsampler: str | os.PathLike | None, 
     finally:
         SESSIONS.release(partial)
         shutil.rmtree(partial, ignore_errors=True)
+        signals.unregister(partial)
     feedback.info(f"bundle written: {out}")
     if make_zip:
         feedback.info(f"zip written: {bundle_files.zip_bundle(out)}")

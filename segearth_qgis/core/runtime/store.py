@@ -7,6 +7,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from ..common import signals
 from ..common.feedback import Feedback, as_feedback
 from ..common.files import atomic_write
 from ..common.resources import resource_path
@@ -141,11 +142,12 @@ def install_bundle(source: str | os.PathLike, make_default: bool = True, overwri
         store.mkdir(parents=True, exist_ok=True)
         partial = store / f".{name}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(folder, partial)
-        verify_bundle(partial)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(partial, target)
+        with signals.in_flight(partial):
+            shutil.copytree(folder, partial)
+            verify_bundle(partial)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(partial, target)
         feedback.info(f"installed {name} ({manifest['modality']}) into {target}")
     if make_default:
         set_default_bundle(manifest["modality"], name)
