@@ -353,3 +353,82 @@ def test_web_layer_is_fetched_through_its_provider(segearth_processing, tiny_bun
     assert "CPUExecutionProvider" in result["RUNTIME"]
     assert not [name for name in set(os.listdir(QgsProcessingUtils.tempFolder())) - before
                 if name.startswith("web-layer-")]
+
+
+def digest(path):
+    import hashlib
+
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_outputs_onto_the_input_or_each_other_are_refused_before_any_work(segearth_processing, tiny_bundle,
+                                                                          tmp_path):
+    source = write_geotiff(tmp_path / "scene.tif", scene_bands(60, 80, seed=20))
+    before = digest(source)
+    for extra, wrong in [({"OUTPUT": source}, "OUTPUT"), ({"OUTPUT_AREAS": source}, "OUTPUT_AREAS"),
+                         ({"OUTPUT_CONFIDENCE": str(tmp_path / "out" / "classes.tif")}, "OUTPUT_CONFIDENCE"),
+                         ({"OUTPUT_VECTOR": f"{source}.aux.xml"}, "OUTPUT_VECTOR")]:
+        with pytest.raises(QgsProcessingException, match=f"^{wrong} .* would overwrite the (input INPUT|output "
+                                                         "OUTPUT)"):
+            segment(tiny_bundle, source, tmp_path / "out", **extra)
+    assert digest(source) == before and not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+def test_evaluate_refuses_its_report_over_the_classified_input(segearth_processing, tmp_path):
+    labels = write_geotiff(tmp_path / "classes.tif", np.ones((1, 20, 20), np.uint8), nodata=255)
+    reference = write_geotiff(tmp_path / "truth.tif", np.ones((1, 20, 20), np.uint8), nodata=255)
+    before = digest(labels)
+    for output in ("OUTPUT", "OUTPUT_CSV"):
+        parameters = {"INPUT": labels, "REFERENCE": reference, "OUTPUT": str(tmp_path / "report.json"),
+                      output: labels if output == "OUTPUT" else reference}
+        with pytest.raises(QgsProcessingException, match=f"^{output} .* would overwrite the input"):
+            run("segearth:evaluate", parameters)
+    assert digest(labels) == before and not (tmp_path / "report.json").exists()
+
+
+def test_bands_as_qgis_process_sends_them_and_non_finite_numbers(segearth_processing, tiny_bundle, tmp_path):
+    bands = np.concatenate([scene_bands(50, 60, seed=21), scene_bands(50, 60, seed=22)[:1]])
+    source = write_geotiff(tmp_path / "four.tif", bands)
+    text = segment(tiny_bundle, source, tmp_path / "a", BANDS="3,2,1")
+    listed = segment(tiny_bundle, source, tmp_path / "b", BANDS=[3, 2, 1])
+    assert np.array_equal(read_band(text["OUTPUT"]), read_band(listed["OUTPUT"]))
+    default = segment(tiny_bundle, source, tmp_path / "c")
+    assert not np.array_equal(read_band(text["OUTPUT"]), read_band(default["OUTPUT"]))
+    for name in ("GBA_LAMBDA", "THRESHOLD"):
+        with pytest.raises(QgsProcessingException, match=f"^{name} is nan: give a finite number$"):
+            segment(tiny_bundle, source, tmp_path / "d", **{name: float("nan")})
+    assert not (tmp_path / "d").exists()
+
+
+def test_an_empty_or_truncated_input_file_is_named_with_what_is_wrong(segearth_processing, tiny_bundle, tmp_path):
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    whole = write_geotiff(tmp_path / "whole.tif", scene_bands(300, 300, seed=23))
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(open(whole, "rb").read()[:100_000])
+    for path, message in [(empty, r"is empty \(0 bytes\)"), (truncated, "cannot be read to its end")]:
+        with pytest.raises(QgsProcessingException, match=f"INPUT: {path} {message}"):
+            segment(tiny_bundle, str(path), tmp_path / "out")
+        with pytest.raises(QgsProcessingException, match=f"INPUT: {path} {message}"):
+            run("segearth:vectorize", {"INPUT": str(path), "OUTPUT": str(tmp_path / "out" / "p.gpkg")})
+    assert not (tmp_path / "out").exists()
+
+
+def test_qgis_process_bands_comma_list_and_a_refused_output(tiny_bundle, tmp_path):
+    source = write_geotiff(tmp_path / "scene.tif", scene_bands(60, 70, seed=24), epsg=32632)
+    staged = stage_plugin(tmp_path / "plugins")
+    env = dict(os.environ, QGIS_PLUGINPATH=str(staged.parent), QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"))
+    subprocess.run(["qgis_process.bin", "plugins", "enable", "segearth_qgis"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    common = ["qgis_process.bin", "run", "segearth:segment", "--", f"INPUT={source}", "CLASSES=road",
+              f"MODEL={tiny_bundle}", "DEVICE=cpu"]
+    done = subprocess.run([*common, "BANDS=3,2,1", f"OUTPUT={tmp_path / 'classes.tif'}"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "bands [3, 2, 1]" in done.stdout + done.stderr
+    before = digest(source)
+    refused = subprocess.run([*common, f"OUTPUT={source}"], env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    assert f"OUTPUT ({source}) would overwrite the input INPUT" in refused.stdout + refused.stderr
+    assert digest(source) == before
