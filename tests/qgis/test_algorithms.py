@@ -2,7 +2,9 @@
 
 import json
 import os
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -432,3 +434,29 @@ def test_qgis_process_bands_comma_list_and_a_refused_output(tiny_bundle, tmp_pat
     assert refused.returncode != 0
     assert f"OUTPUT ({source}) would overwrite the input INPUT" in refused.stdout + refused.stderr
     assert digest(source) == before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_qgis_process_killed_by_a_signal_leaves_no_file_behind(tiny_bundle, tmp_path, signum):
+    """A stopped job or a closed terminal (SIGTERM, SIGHUP) while qgis_process writes: the partial outputs go and
+    the process dies of the signal."""
+    source = write_geotiff(tmp_path / "scene.tif", scene_bands(800, 800, seed=25), epsg=32632)
+    staged = stage_plugin(tmp_path / "plugins")
+    env = dict(os.environ, QGIS_PLUGINPATH=str(staged.parent), QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"))
+    subprocess.run(["qgis_process.bin", "plugins", "enable", "segearth_qgis"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    out = tmp_path / "out"
+    out.mkdir()
+    process = subprocess.Popen(["qgis_process.bin", "run", "segearth:segment", "--", f"INPUT={source}",
+                                "CLASSES=road\nwater\ntree", f"MODEL={tiny_bundle}", "DEVICE=cpu",
+                                f"OUTPUT={out / 'classes.tif'}", f"OUTPUT_CONFIDENCE={out / 'confidence.tif'}"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not [p for p in out.iterdir() if ".partial-" in p.name]:
+        assert process.poll() is None, "qgis_process ended before writing"
+        assert time.monotonic() < deadline, "no partial output in 240 s"
+        time.sleep(0.02)
+    time.sleep(0.5)
+    process.send_signal(signum)
+    assert process.wait(timeout=120) == -signum
+    assert sorted(os.listdir(out)) == []
