@@ -207,9 +207,6 @@ def _checked_members(path: Path, archive: zipfile.ZipFile) -> list[tuple[zipfile
     if declared > MAX_BUNDLE_BYTES:
         raise BundleError(f"{path}: its {MANIFEST} lists {declared / 2**30:.1f} GiB of files, more than a bundle "
                           f"holds ({MAX_BUNDLE_BYTES / 2**30:.0f} GiB); {CHOOSE_ZIP}")
-    if declared > MAX_RATIO * path.stat().st_size:
-        raise BundleError(f"{path} would inflate to {declared / 2**20:.0f} MiB from {path.stat().st_size / 2**20:.1f} "
-                          f"MiB, far more than model files compress (a zip bomb?); {CHOOSE_ZIP}")
     members, seen = [], set()
     for info in infos:
         name = info.filename
@@ -234,6 +231,10 @@ def _checked_members(path: Path, archive: zipfile.ZipFile) -> list[tuple[zipfile
             raise BundleError(f"{path}: {name} is encrypted, which no bundle is; {CHOOSE_ZIP}")
         seen.add(relative)
         members.append((info, relative))
+    inflated = sum(info.file_size for info, _ in members)
+    if inflated > MAX_RATIO * path.stat().st_size:
+        raise BundleError(f"{path} would inflate to {inflated / 2**20:.0f} MiB from {path.stat().st_size / 2**20:.1f} "
+                          f"MiB, far more than model files compress (a zip bomb?); {CHOOSE_ZIP}")
     return members
 
 
