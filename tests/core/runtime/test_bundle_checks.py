@@ -126,6 +126,19 @@ def test_a_member_whose_header_lies_is_refused_and_nothing_is_left(tiny_bundle, 
     assert _left_in(cache) == []
 
 
+def test_an_interrupted_unpacking_leaves_nothing(tiny_bundle, cache, monkeypatch):
+    from segearth_qgis.core.runtime import bundle
+
+    def interrupt(staging, target):
+        assert (staging / "manifest.json").is_file()  # every member was written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle, "_publish", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        resolve_bundle(tiny_bundle.with_suffix(".zip"))
+    assert _left_in(cache) == []
+
+
 def test_two_processes_unpack_one_zip(tiny_bundle, tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "SEGEARTH_CACHE_DIR": str(cache)}
