@@ -10,11 +10,13 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 from ..common.choices import DEVICES
 from ..common.failures import ActionableError
+from .bundle import BundleError
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("segearth_qgis")
 # Exact float32 on the GPU: TF32 tensor cores round matmul inputs to 10 bits, far outside the 1e-4 parity budget.
 CUDA_PROVIDER_OPTIONS = {"use_tf32": "0"}
+CPU_ONLY = ["CPUExecutionProvider"]
 INSTALL_ORT = ("install onnxruntime into the Python that runs this (pip install onnxruntime-gpu==1.31.1 for NVIDIA "
                "GPUs with a CUDA 13 driver, else pip install onnxruntime)")
 
@@ -72,7 +75,17 @@ def _session(path: str | os.PathLike,
     options.log_severity_level = 3
     # Idle worker threads must not spin: numpy and numba run on the same cores between the graphs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=providers)
+    state = ort.capi.onnxruntime_pybind11_state
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except (state.InvalidProtobuf, state.InvalidGraph, state.InvalidArgument, state.NoModel, state.Fail,
+            state.RuntimeException) as error:
+        if providers != CPU_ONLY:
+            _session(path, CPU_ONLY)  # a file the CPU cannot load either is what failed, not the GPU set-up
+            raise
+        path = Path(path)
+        raise BundleError(f"bundle {path.parent.name}: {path.name} cannot be loaded by onnxruntime ({error}): the "
+                          "bundle is damaged; download or export it again") from error
 
 
 def _nvidia_driver_missing() -> str | None:
@@ -98,7 +111,7 @@ def create_session(path: str | os.PathLike, device: str) -> "onnxruntime.Inferen
     """An InferenceSession on ``device`` ("cuda" or "cpu") whose providers in effect match it, else an error."""
     ort = _ort()
     if device == "cpu":
-        return _session(path, ["CPUExecutionProvider"])
+        return _session(path, CPU_ONLY)
     problem = cuda_problem(ort)
     if problem is None:
         _preload_cuda_libraries(ort)

@@ -129,8 +129,8 @@ def install_bundle(source: str | os.PathLike, make_default: bool = True, overwri
     """Copy a bundle (folder or zip, verified first) into the store; optionally make it its modality's default.
     What was done goes to ``feedback``'s info lines."""
     feedback = as_feedback(feedback)
-    name = _bundle_name(source)
     folder = bundle_files.resolve_bundle(source)
+    name = _bundle_name(source)
     manifest = verify_bundle(folder)
     store = model_store()
     target = store / name
