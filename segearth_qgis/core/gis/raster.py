@@ -295,33 +295,39 @@ def check_class_raster(path: str | os.PathLike, band: int = 1) -> list[str]:
     Refused: a band that does not exist, float or complex values, an RGB image, no valid pixel, values outside
     0..254 without category names, and more than 255 category names.
     """
+    names, problem = _class_names(path, band)
+    if problem:
+        raise RasterInputError(problem)       # raised here, so that its traceback holds no GDAL dataset
+    return names
+
+
+def _class_names(path: str | os.PathLike, band: int) -> tuple[list[str], str | None]:
+    """(class names, None), or ([], the sentence saying why band ``band`` of ``path`` is no classified raster)."""
     dataset = open_raster(path)
     if not 1 <= band <= dataset.RasterCount:
-        raise RasterInputError(f"band {band} does not exist: {path} has {dataset.RasterCount} band(s), numbered "
-                               "from 1")
+        return [], f"band {band} does not exist: {path} has {dataset.RasterCount} band(s), numbered from 1"
     raster_band = dataset.GetRasterBand(band)
     type_name = gdal.GetDataTypeName(raster_band.DataType)
     if type_name != "Byte" and not type_name.startswith(("Int", "UInt")):
-        raise RasterInputError(f"{path} band {band} holds {type_name} values, not class ids: {CLASS_RASTER_HINT}")
+        return [], f"{path} band {band} holds {type_name} values, not class ids: {CLASS_RASTER_HINT}"
     names = category_names(raster_band)
     interpretations = {dataset.GetRasterBand(i).GetColorInterpretation() for i in range(1, dataset.RasterCount + 1)}
     if (dataset.RasterCount >= 3 and set(RGB_INTERPRETATIONS) <= interpretations and not names
             and raster_band.GetRasterColorTable() is None):
-        raise RasterInputError(f"{path} looks like an RGB image, not a classified raster: give the classified "
-                               "output of segment")
+        return [], f"{path} looks like an RGB image, not a classified raster: give the classified output of segment"
     if len(names) > MAX_CLASSES:
-        raise RasterInputError(f"{path} band {band} has {len(names)} category names, more than the {MAX_CLASSES} "
-                               f"classes a classified raster holds: {CLASS_RASTER_HINT}")
+        return [], (f"{path} band {band} has {len(names)} category names, more than the {MAX_CLASSES} classes a "
+                    f"classified raster holds: {CLASS_RASTER_HINT}")
     low, high = _value_range(raster_band, exact=not names)
     if low is None:
-        raise RasterInputError(f"{path} has no valid pixels (all nodata): give a classified raster with classes in "
-                               "it, or check its nodata value")
+        return [], (f"{path} has no valid pixels (all nodata): give a classified raster with classes in it, or check "
+                    "its nodata value")
     if names:
-        return names
+        return names, None
     if low < 0 or high >= MAX_CLASSES:
-        raise RasterInputError(f"{path} band {band} holds values {low:g} to {high:g}, not class ids 0 to "
-                               f"{MAX_CLASSES - 1} (at most {MAX_CLASSES} classes): {CLASS_RASTER_HINT}")
-    return [f"class {i}" for i in range(int(high) + 1)]
+        return [], (f"{path} band {band} holds values {int(low)} to {int(high)}, not class ids 0 to "
+                    f"{MAX_CLASSES - 1} (at most {MAX_CLASSES} classes): {CLASS_RASTER_HINT}")
+    return [f"class {i}" for i in range(int(high) + 1)], None
 
 
 def _value_range(band: gdal.Band, exact: bool) -> tuple[float | None, float | None]:
@@ -341,7 +347,8 @@ def read_class_table(path: str | os.PathLike, band: int = 1) -> tuple[list[str],
     """(class names, RGB colours) stored in a classified raster (checked by ``check_class_raster``): GDAL category
     names and its colour table."""
     names = check_class_raster(path, band)
-    table = open_raster(path).GetRasterBand(band).GetRasterColorTable()
+    dataset = open_raster(path)          # held while its band and colour table are read
+    table = dataset.GetRasterBand(band).GetRasterColorTable()
     if table is not None and table.GetCount() >= len(names):
         colors = [tuple(table.GetColorEntry(i)[:3]) for i in range(len(names))]
     else:
