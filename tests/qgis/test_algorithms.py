@@ -209,6 +209,15 @@ def test_vectorize_alone_with_minimum_area(segearth_processing, tmp_path):
     assert counts[0.0] == counts[1.0] + 1
 
 
+def test_vectorize_refuses_a_float_raster_with_the_sentence(segearth_processing, tmp_path):
+    path = write_geotiff(tmp_path / "scores.tif", np.full((1, 20, 20), 3.0e12, np.float32))
+    with pytest.raises(QgsProcessingException) as raised:
+        run("segearth:vectorize", {"INPUT": path, "OUTPUT": str(tmp_path / "p.gpkg")})
+    assert str(raised.value) == (f"{path} band 1 holds Float32 values, not class ids: give the classified raster "
+                                 "segment wrote (8-bit, one class per value)")
+    assert not (tmp_path / "p.gpkg").exists() and not (tmp_path / "p.qml").exists()
+
+
 def test_an_unforeseen_failure_is_one_sentence_with_the_traceback_at_debug_level(segearth_processing, tmp_path,
                                                                                   monkeypatch):
     import segearth_qgis.core.gis.vectorize as vectorize

@@ -146,11 +146,13 @@ def score_against_reference(classified: Path | str, reference: Path | str, prese
 
     The classes are the preset's, else the classified raster's categories (less a trailing 'unclassified'); the
     ignore index defaults to the preset's, else 255; ``reduce_zero_label`` True or the preset's turns it on. A
-    reference that marks no pixel to score is a LabelError.
+    raster that is no classified map (``check_class_raster``) is a RasterInputError; a reference that marks no pixel
+    to score is a LabelError.
     """
     feedback = as_feedback(feedback)
+    stored_names = read_class_table(classified)[0]       # checks that it is a classified raster, before any work
     preset = load_preset(preset_name) if preset_name else None
-    names, aliases, background = report_classes(preset, category_names=read_class_table(classified)[0])
+    names, aliases, background = report_classes(preset, category_names=stored_names)
     if ignore_index is None:
         ignore_index = preset.ignore_index if preset else LABEL_NODATA
     encoding = LabelEncoding(names, ignore_index, reduce_zero_label or bool(preset and preset.reduce_zero_label),

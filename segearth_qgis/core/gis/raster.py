@@ -406,15 +406,72 @@ def category_names(band: gdal.Band) -> list[str]:
     return list(band.GetCategoryNames() or [])
 
 
-def read_class_table(path: str | os.PathLike, band: int = 1) -> tuple[list[str], list[tuple[int, int, int]]]:
-    """(class names, RGB colours) stored in a classified raster: GDAL category names and its colour table."""
+MAX_CLASSES = 255           # class ids 0..254; 255 is the nodata value of the classified rasters segment writes
+RGB_INTERPRETATIONS = (gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)
+CLASS_RASTER_HINT = "give the classified raster segment wrote (8-bit, one class per value)"
+
+
+def check_class_raster(path: str | os.PathLike, band: int = 1) -> list[str]:
+    """The class names of band ``band`` of a classified raster (GDAL category names, else ``class <id>`` up to the
+    largest value), once it has been checked to be one; else a RasterInputError that says what to give instead.
+
+    Refused: a band that does not exist, float or complex values, an RGB image, no valid pixel, values outside
+    0..254 without category names, and more than 255 category names.
+    """
+    names, problem = _class_names(path, band)
+    if problem:
+        raise RasterInputError(problem)       # raised here, so that its traceback holds no GDAL dataset
+    return names
+
+
+def _class_names(path: str | os.PathLike, band: int) -> tuple[list[str], str | None]:
+    """(class names, None), or ([], the sentence saying why band ``band`` of ``path`` is no classified raster)."""
     dataset = open_raster(path)
+    if not 1 <= band <= dataset.RasterCount:
+        return [], f"band {band} does not exist: {path} has {dataset.RasterCount} band(s), numbered from 1"
     raster_band = dataset.GetRasterBand(band)
+    type_name = gdal.GetDataTypeName(raster_band.DataType)
+    if type_name != "Byte" and not type_name.startswith(("Int", "UInt")):
+        return [], f"{path} band {band} holds {type_name} values, not class ids: {CLASS_RASTER_HINT}"
     names = category_names(raster_band)
-    table = raster_band.GetRasterColorTable()
-    if not names:
-        maximum = int(raster_band.ComputeRasterMinMax(False)[1])
-        names = [f"class {i}" for i in range(maximum + 1)]
+    interpretations = {dataset.GetRasterBand(i).GetColorInterpretation() for i in range(1, dataset.RasterCount + 1)}
+    if (dataset.RasterCount >= 3 and set(RGB_INTERPRETATIONS) <= interpretations and not names
+            and raster_band.GetRasterColorTable() is None):
+        return [], f"{path} looks like an RGB image, not a classified raster: give the classified output of segment"
+    if len(names) > MAX_CLASSES:
+        return [], (f"{path} band {band} has {len(names)} category names, more than the {MAX_CLASSES} classes a "
+                    f"classified raster holds: {CLASS_RASTER_HINT}")
+    low, high = _value_range(raster_band, exact=not names)
+    if low is None:
+        return [], (f"{path} has no valid pixels (all nodata): give a classified raster with classes in it, or check "
+                    "its nodata value")
+    if names:
+        return names, None
+    if low < 0 or high >= MAX_CLASSES:
+        return [], (f"{path} band {band} holds values {int(low)} to {int(high)}, not class ids 0 to "
+                    f"{MAX_CLASSES - 1} (at most {MAX_CLASSES} classes): {CLASS_RASTER_HINT}")
+    return [f"class {i}" for i in range(int(high) + 1)], None
+
+
+def _value_range(band: gdal.Band, exact: bool) -> tuple[float | None, float | None]:
+    """(min, max) of the valid pixels, (None, None) when there is none; ``exact=False`` tries GDAL's sampled
+    estimate first, which proves there are valid pixels but may miss extremes."""
+    for approximate in ((False,) if exact else (True, False)):
+        try:
+            low, high = band.ComputeRasterMinMax(approximate)
+        except RuntimeError:
+            continue
+        if math.isfinite(low) and math.isfinite(high) and low <= high:
+            return low, high
+    return None, None
+
+
+def read_class_table(path: str | os.PathLike, band: int = 1) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """(class names, RGB colours) stored in a classified raster (checked by ``check_class_raster``): GDAL category
+    names and its colour table."""
+    names = check_class_raster(path, band)
+    dataset = open_raster(path)          # held while its band and colour table are read
+    table = dataset.GetRasterBand(band).GetRasterColorTable()
     if table is not None and table.GetCount() >= len(names):
         colors = [tuple(table.GetColorEntry(i)[:3]) for i in range(len(names))]
     else:

@@ -1,6 +1,7 @@
 """Class colours and QGIS styles (.qml) written beside outputs, so every QGIS session and headless run shows them."""
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -12,6 +13,7 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 1
             (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
             (0, 0, 128), (128, 128, 128)]
 BACKGROUND_COLOR = (160, 160, 160)
+_XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def class_colors(class_names: Iterable[str]) -> list[tuple[int, int, int]]:
@@ -26,13 +28,18 @@ def class_colors(class_names: Iterable[str]) -> list[tuple[int, int, int]]:
     return colors
 
 
+def _attribute(text: str) -> str:
+    """``text`` as a quoted XML attribute value: characters XML 1.0 does not allow dropped, the rest escaped."""
+    return quoteattr(_XML_INVALID.sub("", str(text)))
+
+
 def _hex(color: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*color)
 
 
 def raster_qml(class_names: Sequence[str], colors: Sequence[tuple[int, int, int]]) -> str:
     """A paletted renderer on band 1 listing the classes (not the nodata value) with their names."""
-    entries = "\n".join(f'        <paletteEntry value="{i}" color="{_hex(c)}" alpha="255" label={quoteattr(name)}/>'
+    entries = "\n".join(f'        <paletteEntry value="{i}" color="{_hex(c)}" alpha="255" label={_attribute(name)}/>'
                         for i, (name, c) in enumerate(zip(class_names, colors, strict=True)))
     return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis version="3.22" styleCategories="AllStyleCategories">
@@ -66,12 +73,12 @@ def _fill_symbol(index: int, color: tuple[int, int, int]) -> str:
 def vector_qml(class_names: Sequence[str], colors: Sequence[tuple[int, int, int]], field: str = "class_id") -> str:
     """A categorized renderer on ``field`` (the class index) with the class names as legend labels."""
     pairs = list(zip(class_names, colors, strict=True))
-    categories = "\n".join(f'      <category render="true" value="{i}" symbol="{i}" label={quoteattr(name)}/>'
+    categories = "\n".join(f'      <category render="true" value="{i}" symbol="{i}" label={_attribute(name)}/>'
                            for i, (name, _) in enumerate(pairs))
     symbols = "\n".join(_fill_symbol(i, color) for i, (_, color) in enumerate(pairs))
     return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis version="3.22" styleCategories="AllStyleCategories">
-  <renderer-v2 type="categorizedSymbol" attr="{field}" symbollevels="0" forceraster="0" enableorderby="0">
+  <renderer-v2 type="categorizedSymbol" attr={_attribute(field)} symbollevels="0" forceraster="0" enableorderby="0">
     <categories>
 {categories}
     </categories>

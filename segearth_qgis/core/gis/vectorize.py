@@ -11,7 +11,7 @@ from ..common import signals
 from ..common.feedback import Cancelled, Feedback, as_feedback
 from ..common.files import temporary_sibling
 from .geo import AreaMeter, spatial_reference
-from .raster import category_names, close_dataset, open_raster
+from .raster import check_class_raster, close_dataset, open_raster
 
 DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON", ".json": "GeoJSON",
            ".fgb": "FlatGeobuf"}
@@ -36,7 +36,8 @@ def polygonize(raster_path: str | os.PathLike, output_path: str | os.PathLike,
                layer_name: str | None = None) -> dict:
     """Writes one polygon per connected region of a class, with ``class_id``, ``class_name`` and ``area_m2``.
 
-    Nodata pixels (the band's mask) give no polygon. ``class_names``: a list indexed by class id, else the raster's
+    The raster is checked first (``check_class_raster``: integer class ids, valid pixels, not an RGB image). Nodata
+    pixels (the band's mask) give no polygon. ``class_names``: a list indexed by class id, else the raster's
     category names, else ``class <id>``. ``min_area_m2``: smaller regions are first merged into their largest
     neighbour (GDAL sieve on an in-memory copy; the input is never modified). ``simplify``: tolerance in the CRS's
     units, applied to each polygon alone (topology preserved within it, not between neighbours). ``connectedness``:
@@ -55,15 +56,14 @@ def polygonize(raster_path: str | os.PathLike, output_path: str | os.PathLike,
         raise ValueError("simplify and min_area_m2 must be 0 (off) or positive")
     feedback = as_feedback(feedback)
 
+    stored_names = check_class_raster(raster_path, band)
     dataset = open_raster(raster_path)
-    if not 1 <= band <= dataset.RasterCount:
-        raise ValueError(f"{raster_path} has {dataset.RasterCount} band(s): band {band} does not exist")
     source = dataset.GetRasterBand(band)
     width, height = dataset.RasterXSize, dataset.RasterYSize
     srs_wkt = dataset.GetProjection()
     meter = AreaMeter(srs_wkt, dataset.GetGeoTransform(), width, height)
     srs = spatial_reference(srs_wkt)
-    names = list(class_names) if class_names else category_names(source)
+    names = list(class_names) if class_names else stored_names
     mask = source.GetMaskBand()
     sieve_share = 0.25 if min_area_m2 > 0 else 0.0
     polygonize_share = 0.45

@@ -1,5 +1,6 @@
 """The classes a user types: one class per line, commas between synonyms, each synonym its own text query."""
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -17,11 +18,15 @@ class Vocabulary:
 
     @classmethod
     def parse(cls, text: str) -> "Vocabulary":
-        """Parse ``"background\\nbuilding,roof\\nwater"``: blank lines and blank synonyms are ignored."""
+        """Parse ``"background\\nbuilding,roof\\nwater"``: blank lines and blank synonyms are ignored; a control
+        character (other than a tab) is refused, naming its line."""
         if not isinstance(text, str):
             raise TypeError("the vocabulary is text: one class per line, commas between synonyms")
         classes = []
-        for line in text.splitlines():
+        for number, line in enumerate(text.splitlines(), 1):
+            control = next((c for c in line if c != "\t" and unicodedata.category(c) == "Cc"), None)
+            if control is not None:
+                raise ValueError(f"class line {number} contains the control character U+{ord(control):04X}: remove it")
             synonyms = tuple(name.strip() for name in line.split(",") if name.strip())
             if synonyms:
                 classes.append(synonyms)

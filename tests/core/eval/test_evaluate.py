@@ -488,3 +488,31 @@ def test_algorithm_reports_progress_and_cancels_without_output(segearth_processi
     with pytest.raises(QgsProcessingException, match="labels no pixel"):
         run_algorithm({"INPUT": source, "REFERENCE": unlabelled, "OUTPUT": str(tmp_path / "none.json")})
     assert not (tmp_path / "none.json").exists()
+
+
+def test_classified_raster_is_checked_before_scoring(tmp_path):
+    from segearth_qgis.core.eval.classified import score_against_reference
+
+    labels = np.zeros((8, 8), np.uint8)
+    labels[:, 4:] = 1
+    reference = write_geotiff(tmp_path / "reference.tif", labels[None], nodata=255)
+    classified = write_geotiff(tmp_path / "classes.tif", labels[None], nodata=255)
+    dataset = gdal.Open(classified, gdal.GA_Update)
+    dataset.GetRasterBand(1).SetCategoryNames(["field", "house"])
+    dataset = None
+    report = score_against_reference(classified, reference).as_dict()
+    assert [c["name"] for c in report["classes"]] == ["field", "house"]
+    assert report["miou"] == pytest.approx(100.0)
+
+    photo = write_geotiff(tmp_path / "photo.tif", scene_bands(8, 8),
+                          color_interp=(gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand))
+    with pytest.raises(RasterInputError) as raised:
+        score_against_reference(photo, reference)
+    assert str(raised.value) == (f"{photo} looks like an RGB image, not a classified raster: give the classified "
+                                 "output of segment")
+    scores = write_geotiff(tmp_path / "scores.tif", np.full((1, 8, 8), 1e9, np.float32))
+    with pytest.raises(RasterInputError, match="holds Float32 values, not class ids"):
+        score_against_reference(scores, reference)
+    empty = write_geotiff(tmp_path / "empty.tif", np.full((1, 8, 8), 255, np.uint8), nodata=255)
+    with pytest.raises(RasterInputError, match="has no valid pixels"):
+        score_against_reference(empty, reference)

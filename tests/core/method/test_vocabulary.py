@@ -24,3 +24,12 @@ def test_from_classes_accepts_names_and_synonym_lists():
 def test_empty_vocabulary_is_a_clear_error(text):
     with pytest.raises(ValueError, match="one class per line"):
         Vocabulary.parse(text)
+
+
+def test_control_characters_are_refused_by_line():
+    with pytest.raises(ValueError) as raised:
+        Vocabulary.parse("background\n\nbell\x07 tower,bell\nroad")
+    assert str(raised.value) == "class line 3 contains the control character U+0007: remove it"
+    with pytest.raises(ValueError, match=r"class line 1 contains the control character U\+0000: remove it"):
+        Vocabulary.from_classes(["nul\x00"])
+    assert Vocabulary.parse("tall\ttree\n").class_names == ["tall\ttree"]
