@@ -116,7 +116,8 @@ def vrt_sources(dataset: gdal.Dataset) -> list[str]:
 
     folder = os.path.dirname(dataset.GetDescription())
     sources = []
-    for element in ElementTree.fromstring(dataset.GetMetadata("xml:VRT")[0]).iter("SourceFilename"):
+    vrt_xml = dataset.GetMetadata("xml:VRT")[0]  # GDAL's own serialisation of a VRT it has already parsed
+    for element in ElementTree.fromstring(vrt_xml).iter("SourceFilename"):  # nosec B314: GDAL's output, no DTD
         name = element.text or ""
         sources.append(os.path.join(folder, name) if element.get("relativeToVRT") == "1" else name)
     return sorted(set(sources))
@@ -228,7 +229,7 @@ def signed_bytes_as_int16(vrt_xml: str) -> str:
     (stretch, warp, averages) sees -128..127 rather than the stored 0..255."""
     import xml.etree.ElementTree as ElementTree
 
-    root = ElementTree.fromstring(vrt_xml)
+    root = ElementTree.fromstring(vrt_xml)  # nosec B314: GDAL's serialisation of the plugin's own /vsimem VRT
     for band in root.iter("VRTRasterBand"):
         pixel_type = band.find("Metadata[@domain='IMAGE_STRUCTURE']/MDI[@key='PIXELTYPE']")
         if pixel_type is None or pixel_type.text != "SIGNEDBYTE":

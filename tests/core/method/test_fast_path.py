@@ -83,7 +83,8 @@ def test_compiled_stage_kernels_equal_torch():
     ours = simfeatup_cpu.stage_kernels(image.numpy(), simfeatup_cpu.weights_from_upsampler(ups), correct)
     for k, (a, b) in enumerate(zip(ours, expected, strict=True)):
         assert a.shape == (2, 12 * 2 ** k, 8 * 2 ** k, 121)
-        np.testing.assert_allclose(a, b.permute(0, 2, 3, 1).numpy(), atol=2e-6)
+        # float32 sums and exp in another order: one element in 1.5 M differs by 2.3e-6 on some CPUs (2 vCPU here)
+        np.testing.assert_allclose(a, b.permute(0, 2, 3, 1).numpy(), atol=4e-6)
 
 
 @pytest.mark.parametrize("compiled", [True, False])
