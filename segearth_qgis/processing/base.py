@@ -132,9 +132,10 @@ def _input_files(algorithm, parameters, context):
         if definition.type() == "file":
             path = algorithm.parameterAsFile(parameters, name, context)
         else:
-            layer = QgsProcessingUtils.mapLayerFromString(str(_file_of(parameters[name]) or parameters[name]),
-                                                          context)
-            path = _file_of(layer.source()) if layer is not None else _file_of(parameters[name])
+            read = algorithm.parameterAsRasterLayer if definition.type() == "raster" else \
+                algorithm.parameterAsVectorLayer
+            layer = read(parameters, name, context)
+            path = _file_of(layer.source()) if layer is not None else None
         if path and os.path.isfile(path):
             inputs[name] = dataset_files(path)
     return inputs

@@ -382,6 +382,8 @@ def test_outputs_onto_the_input_or_each_other_are_refused_before_any_work(segear
         with pytest.raises(QgsProcessingException, match=f"^{wrong} .* would overwrite the (input INPUT|output "
                                                          "OUTPUT)"):
             segment(tiny_bundle, source, tmp_path / "out", **extra)
+    with pytest.raises(QgsProcessingException, match="would overwrite the input INPUT"):  # a layer, not a path
+        segment(tiny_bundle, QgsRasterLayer(source, "scene"), tmp_path / "out", OUTPUT=source)
     assert digest(source) == before and not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
 
