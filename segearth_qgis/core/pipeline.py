@@ -232,12 +232,7 @@ def check_request(input_path: str | os.PathLike, outputs: SegmentOutputs, option
         output_driver(outputs.vector)
     finite_number("MIN_AREA", outputs.min_area_m2, 0.0)
     simplify = finite_number("SIMPLIFY", outputs.simplify, 0.0)
-    dataset = open_raster(input_path)
-    if dataset.RasterCount == 0:
-        raise RasterInputError(f"{input_path} has no raster bands")
-    BAND_READERS[options.sensor](dataset, options.bands, options.polarisation)
-    _, native, grid, pixel_metres = processing_grids(dataset, options.extent, options.resolution)
-    dataset = None
+    native, grid, pixel_metres = _grids(input_path, options)
     extent = native.extent
     diagonal = math.hypot(extent[2] - extent[0], extent[3] - extent[1])
     if simplify and simplify > diagonal:
@@ -253,6 +248,19 @@ def check_request(input_path: str | os.PathLike, outputs: SegmentOutputs, option
     estimate = estimate_run(grid.width, grid.height, len(options.vocabulary.queries), options)
     _check_size(estimate, options, native, pixel_metres)
     return estimate
+
+
+def _grids(input_path: str | os.PathLike, options: SegmentOptions) -> tuple[Grid, Grid, tuple[float, float]]:
+    """(output grid, processing grid, pixel size in metres), the bands checked; the dataset is closed on return."""
+    dataset = open_raster(input_path)
+    try:
+        if dataset.RasterCount == 0:
+            raise RasterInputError(f"{input_path} has no raster bands")
+        BAND_READERS[options.sensor](dataset, options.bands, options.polarisation)
+        _, native, grid, pixel_metres = processing_grids(dataset, options.extent, options.resolution)
+    finally:
+        dataset = None
+    return native, grid, pixel_metres
 
 
 def _check_size(estimate: RunEstimate, options: SegmentOptions, native: Grid, pixel_metres: tuple) -> None:

@@ -217,8 +217,10 @@ def alpha_band(dataset: gdal.Dataset) -> int | None:
 
 
 def is_signed_byte(band: gdal.Band) -> bool:
-    """Int8 data that GDAL before 3.7 exposes as Byte with PIXELTYPE=SIGNEDBYTE (3.7 and later: GDT_Int8)."""
-    return band.DataType == gdal.GDT_Byte and band.GetMetadataItem("PIXELTYPE", "IMAGE_STRUCTURE") == "SIGNEDBYTE"
+    """Int8 data that GDAL before 3.7 exposes as Byte with PIXELTYPE=SIGNEDBYTE (3.7 and later: GDT_Int8, and asking
+    for PIXELTYPE only warns)."""
+    return not hasattr(gdal, "GDT_Int8") and band.DataType == gdal.GDT_Byte and \
+        band.GetMetadataItem("PIXELTYPE", "IMAGE_STRUCTURE") == "SIGNEDBYTE"
 
 
 SIGNED_BYTE_LUT = "0:0,127:127,128:-128,255:-1"   # the stored byte to its Int8 value (exact on integers)
@@ -394,6 +396,8 @@ class RasterWriter:
         signals.unregister(*self.temp_files())
 
     def discard(self) -> None:
+        if self.dataset is not None:  # closed for real: a traceback may still hold one of its bands
+            close_dataset(self.dataset)
         self.dataset = None
         for path in self.temp_files():
             if path.exists():

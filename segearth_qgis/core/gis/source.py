@@ -136,6 +136,16 @@ class ProcessingSource:
                  sensor: str = "optical", polarisation: str | None = None) -> None:
         self.path = str(path)
         self._names = []
+        self.dataset = self.reader = self.resampled_source = self.subset = self.band_reader = None
+        try:
+            self._open(path, bands, extent, resolution, sensor, polarisation)
+        except BaseException:
+            self.close()  # no dataset outlives a refusal (a kept traceback would hold it until exit)
+            raise
+
+    def _open(self, path: str | os.PathLike, bands: Sequence[int] | None,
+              extent: tuple[float, float, float, float] | None, resolution: float, sensor: str,
+              polarisation: str | None) -> None:
         self.dataset = open_raster(path)
         if self.dataset.RasterCount == 0:
             raise RasterInputError(f"{path} has no raster bands")

@@ -25,7 +25,6 @@ def classes(path, labels, names=None, colors=None, nodata=255):
     dataset.SetGeoTransform((500000.0, 0.5, 0.0, 5600000.0, 0.0, -0.5))
     dataset.SetProjection(srs_wkt(25832))
     band = dataset.GetRasterBand(1)
-    band.WriteArray(labels)
     if nodata is not None:
         band.SetNoDataValue(nodata)
     if colors:
@@ -36,6 +35,7 @@ def classes(path, labels, names=None, colors=None, nodata=255):
         band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
     if names:
         band.SetCategoryNames(list(names))
+    band.WriteArray(labels)  # after the colour table: GDAL 3.10 refuses the photometric tag once pixels are written
     dataset = None
     return str(path)
 
