@@ -53,7 +53,7 @@ def segment(args):
 
     feedback = console_feedback(args.quiet)
     options, modality, notes = resolve_options(
-        classes=args.classes.replace("\\n", "\n") if args.classes else None, preset=args.preset,
+        classes=args.classes, preset=args.preset,
         threshold=args.threshold, background=args.background, gba_lambda=args.gba_lambda, window=args.window,
         stride=args.stride, resolution=args.resolution, bands=args.bands,
         extent=tuple(args.extent) if args.extent else None, input_path=args.input, sensor=args.sensor,
@@ -81,7 +81,7 @@ def evaluate(args: argparse.Namespace) -> int:
     check_output_paths({"--images": folder_files(args.images), "--labels": folder_files(args.labels)},
                        {"--out": out, "--out (CSV)": out.with_suffix(".csv"), "--out (PNG)": out.with_suffix(".png")})
     settings = EvaluationSettings(
-        preset=args.preset, classes=args.classes.replace("\\n", "\n") if args.classes else None, model=args.model,
+        preset=args.preset, classes=args.classes, model=args.model,
         label_map=args.label_map, ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label,
         label_suffix=args.label_suffix, split=args.split, resize_longer_side=args.resize, pipeline=args.pipeline,
         resolution=args.resolution, save_predictions=args.save_predictions, backend=args.backend,

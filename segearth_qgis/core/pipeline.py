@@ -30,6 +30,7 @@ from .gis.raster import (
     RasterWriter,
     bounded_block_cache,
     dataset_files,
+    no_bands_problem,
     open_raster,
     raster_file_problem,
 )
@@ -174,7 +175,8 @@ class RunEstimate:
     memory_bytes: int
 
     def describe(self) -> str:
-        return (f"a {self.width:,} x {self.height:,} px processing grid, {self.windows:,} windows, about "
+        return (f"a {self.width:,} x {self.height:,} px processing grid, {self.windows:,} "
+                f"window{'' if self.windows == 1 else 's'}, about "
                 f"{self.memory_bytes / 2 ** 30:.1f} GiB of memory")
 
 
@@ -185,7 +187,7 @@ def estimate_run(width: int, height: int, queries: int, options: SegmentOptions)
     rows = max(height - window + options.stride - 1, 0) // options.stride + 1
     cols = max(width - window + options.stride - 1, 0) // options.stride + 1
     strip = (queries + 1) * min(window, height) * width
-    batch = (options.batch_size or 16) * queries * window * window
+    batch = (options.batch_size or 16) * queries * min(window, height) * min(window, width)  # windows are cropped
     floats = 7 * strip + 3 * OUTPUT_CHUNK_VALUES + 4 * batch
     return RunEstimate(width, height, rows * cols, 4 * floats + 120 * rows * cols)
 
@@ -230,11 +232,20 @@ def check_request(input_path: str | os.PathLike, outputs: SegmentOutputs, option
             raise RasterInputError(f"{name} ({path}): raster outputs are GeoTIFF: name it with .tif")
     if outputs.vector:
         output_driver(outputs.vector)
-    finite_number("MIN_AREA", outputs.min_area_m2, 0.0)
+        if qml_path(outputs.vector) == qml_path(outputs.classes):
+            raise RasterInputError(f"OUTPUT_VECTOR ({outputs.vector}) and OUTPUT ({outputs.classes}) would share the "
+                                   f"style file {qml_path(outputs.classes).name}, which QGIS loads for both: give "
+                                   "them different names")
+    min_area = finite_number("MIN_AREA", outputs.min_area_m2, 0.0)
+    _check_window(options, MIN_GRID_SIDE)
     simplify = finite_number("SIMPLIFY", outputs.simplify, 0.0)
     native, grid, pixel_metres = _grids(input_path, options)
     extent = native.extent
     diagonal = math.hypot(extent[2] - extent[0], extent[3] - extent[1])
+    area_m2 = native.width * native.height * pixel_metres[0] * pixel_metres[1]
+    if min_area and min_area > area_m2:
+        raise RasterInputError(f"MIN_AREA {min_area:g} m2 is larger than the whole raster (about {area_m2:.6g} m2): "
+                               "every region would merge into one; give a smaller area")
     if simplify and simplify > diagonal:
         raise RasterInputError(f"SIMPLIFY {simplify:g} is larger than the whole raster ({diagonal:.6g} layer "
                                "units corner to corner): every polygon would vanish; use a tolerance of about a "
@@ -255,7 +266,7 @@ def _grids(input_path: str | os.PathLike, options: SegmentOptions) -> tuple[Grid
     dataset = open_raster(input_path)
     try:
         if dataset.RasterCount == 0:
-            raise RasterInputError(f"{input_path} has no raster bands")
+            raise RasterInputError(no_bands_problem(dataset, input_path))
         BAND_READERS[options.sensor](dataset, options.bands, options.polarisation)
         _, native, grid, pixel_metres = processing_grids(dataset, options.extent, options.resolution)
     finally:

@@ -171,3 +171,54 @@ def test_signed_8_bit_data_reads_as_the_same_values_stored_as_int16(tiny_model, 
         segment_raster(tiny_model, path, SegmentOutputs(str(out)), options())
         labels.append(read_band(out))
     assert np.array_equal(labels[0], labels[1])
+
+
+def test_a_palette_image_is_read_through_its_colour_table(tmp_path):
+    indices = np.random.default_rng(6).integers(0, 4, (1, 30, 40), dtype=np.uint8)
+    path = write_geotiff(tmp_path / "palette.tif", indices, color_interp=[gdal.GCI_PaletteIndex])
+    colours = [(200, 10, 10), (10, 200, 10), (10, 10, 200), (250, 250, 0)]
+    dataset = gdal.Open(path, gdal.GA_Update)
+    table = gdal.ColorTable()
+    for index, colour in enumerate(colours):
+        table.SetColorEntry(index, (*colour, 255))
+    dataset.GetRasterBand(1).SetRasterColorTable(table)
+    dataset = None
+    source = ProcessingSource(path)
+    rgb, valid = source.read(0, 30)
+    assert np.array_equal(rgb, np.array(colours, np.uint8)[indices[0]]) and valid.all()
+    assert any("palette" in note for note in source.notes) and not source.warnings
+    source.close()
+
+
+def test_a_shared_style_file_a_huge_minimum_area_and_a_bad_window_are_refused_first(scene, tmp_path):
+    shared = SegmentOutputs(str(tmp_path / "x.tif"), vector=str(tmp_path / "x.shp"))
+    with pytest.raises(RasterInputError, match=r"would share the style file x\.qml, which QGIS loads for both"):
+        check_request(scene, shared, options())
+    with pytest.raises(RasterInputError, match=r"MIN_AREA 3e\+09 m2 is larger than the whole raster"):
+        check_request(scene, SegmentOutputs(str(tmp_path / "c.tif"), vector=str(tmp_path / "p.gpkg"),
+                                            min_area_m2=3e9), options())
+    for window, stride in ((7, 3), (-5, None)):  # the window rule, not the size estimate, even on a finer grid
+        with pytest.raises(RasterInputError, match=f"window {window} and stride .* do not work"):
+            check_request(scene, SegmentOutputs(str(tmp_path / "c.tif")),
+                          options(window=window, stride=stride or 112, resolution=0.01))
+    with pytest.raises(RasterInputError, match="has no width or no height"):
+        check_request(scene, SegmentOutputs(str(tmp_path / "c.tif")),
+                      options(extent=(500010.0, 5599950.0, 500010.0, 5599990.0)))
+
+
+def test_connection_strings_and_subdatasets(scene, tmp_path):
+    gpkg = tmp_path / "r.gpkg"
+    gdal.Translate(str(gpkg), scene, format="GPKG", creationOptions=["RASTER_TABLE=first"])
+    gdal.Translate(str(gpkg), scene, format="GPKG", creationOptions=["RASTER_TABLE=second", "APPEND_SUBDATASET=YES"])
+    check_request(f"GPKG:{gpkg}:first", SegmentOutputs(str(tmp_path / "c.tif")), options())
+    with pytest.raises(RasterInputError, match=r"r\.gpkg holds 2 subdataset\(s\), not bands: give one of them as the "
+                                               r"input \(GPKG:.*:first"):
+        check_request(str(gpkg), SegmentOutputs(str(tmp_path / "c.tif")), options())
+
+
+def test_classes_split_on_a_typed_backslash_n_and_a_word_names_one_class():
+    assert Vocabulary.parse("building\\nroad,street\\ntree").classes == (("building",), ("road", "street"),
+                                                                         ("tree",))
+    with pytest.raises(ValueError, match=r"'Road' is on class lines 1 and 2: a word can name one class only"):
+        Vocabulary.parse("road\nRoad ")
+    assert Vocabulary.parse("road, road,lane").classes == (("road", "lane"),)

@@ -7,6 +7,7 @@ and renamed at the end.
 import contextlib
 import math
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -104,8 +105,17 @@ def dataset_files(path: str | os.PathLike) -> list[str]:
 
 
 def _is_local(path: str) -> bool:
-    return not path.startswith("/vsi") and "://" not in path and not path.upper().startswith(("WMS:", "PG:", "NETCDF:",
-                                                                                               "HDF5:", "HDF4_"))
+    """A plain file path: not /vsi…, a URL, or a driver's connection string (GPKG:…, NETCDF:"…":v, PG:…)."""
+    return not path.startswith("/vsi") and "://" not in path and not re.match(r"[A-Za-z][A-Za-z0-9_]+:", path)
+
+
+def no_bands_problem(dataset: gdal.Dataset, path: str | os.PathLike) -> str:
+    """Why a dataset without bands cannot be read, naming its subdatasets when it has them (netCDF, HDF)."""
+    subdatasets = [name for name, _ in dataset.GetSubDatasets()]
+    if subdatasets:
+        shown = ", ".join(subdatasets[:3]) + (", ..." if len(subdatasets) > 3 else "")
+        return f"{path} holds {len(subdatasets)} subdataset(s), not bands: give one of them as the input ({shown})"
+    return f"{path} has no raster bands"
 
 
 def vrt_sources(dataset: gdal.Dataset) -> list[str]:
@@ -182,6 +192,9 @@ def snap_window(grid: Grid, extent: tuple[float, float, float, float] | None = N
     col1 = min(grid.width, math.ceil(cols[-1] - eps))
     row0 = max(0, math.floor(rows[0] + eps))
     row1 = min(grid.height, math.ceil(rows[-1] - eps))
+    if xmax == xmin or ymax == ymin:
+        raise RasterInputError(f"the extent {extent} has no width or no height: give xmin, ymin, xmax, ymax of an "
+                               "area, or leave it empty for the whole layer")
     if col1 <= col0 or row1 <= row0:
         raise RasterInputError(f"the extent {extent} does not overlap the raster (extent {grid.extent} in its own "
                                "CRS): choose an extent inside the layer, or leave it empty for the whole layer")

@@ -24,6 +24,7 @@ from .raster import (
     check_bands,
     dataset_grid,
     is_signed_byte,
+    no_bands_problem,
     open_raster,
     read_valid,
     robust_stretch,
@@ -42,9 +43,15 @@ class OpticalBands:
         self.bands = check_bands(dataset, bands)
         self.notes = []
         self.warnings = []
-        if len(self.bands) == 1:
-            self.warnings.append("one band: it is repeated as red, green and blue; the optical model expects "
-                                 "colour images")
+        first = dataset.GetRasterBand(self.bands[0])
+        self.palette = len(self.bands) == 1 and first.GetColorTable() is not None and \
+            first.GetColorInterpretation() == gdal.GCI_PaletteIndex
+        if self.palette:
+            self.notes.append(f"band {self.bands[0]} is a palette: its colour table gives red, green and blue")
+        elif len(self.bands) == 1:
+            self.warnings.append(f"one band of {dataset.RasterCount}: band {self.bands[0]} is repeated as red, green "
+                                 "and blue; the optical model expects colour images"
+                                 + ("" if dataset.RasterCount == 1 else " (choose three BANDS for colour)"))
         self.stretch = None
 
     def prepare(self, source: "ProcessingSource", resampled: bool) -> gdal.Dataset:
@@ -60,7 +67,7 @@ class OpticalBands:
         """(h, w, 3) uint8 and the extra validity this sensor adds (None: nothing more)."""
         data = np.stack([reader.GetRasterBand(i).ReadAsArray(col, row, width, rows) for i in band_index])
         rgb = self.stretch.apply(data)
-        if len(self.bands) == 1:
+        if len(rgb) == 1:
             rgb = np.repeat(rgb, 3, axis=0)
         return np.ascontiguousarray(rgb.transpose(1, 2, 0)), None
 
@@ -148,7 +155,7 @@ class ProcessingSource:
               polarisation: str | None) -> None:
         self.dataset = open_raster(path)
         if self.dataset.RasterCount == 0:
-            raise RasterInputError(f"{path} has no raster bands")
+            raise RasterInputError(no_bands_problem(self.dataset, path))
         if resolution and resolution < 0:
             raise RasterInputError(f"the resolution must be positive metres or 0 for native, not {resolution}")
         self.band_reader = BAND_READERS[sensor](self.dataset, bands, polarisation)
@@ -167,6 +174,9 @@ class ProcessingSource:
         if any(is_signed_byte(self.subset.GetRasterBand(i)) for i in range(1, len(unique) + 1)):
             self.subset = self._reopened(signed_bytes_as_int16(self.subset.GetMetadata("xml:VRT")[0]))
         self.band_index = [unique.index(b) + 1 for b in self.bands]
+        if getattr(self.band_reader, "palette", False):
+            self.subset = gdal.Translate(self.temporary_name(), self.subset, format="VRT", rgbExpand="rgb")
+            self.band_index = [1, 2, 3]
         resampled = (width, height) != (cols, rows)
         self.resampled_source = self.band_reader.prepare(self, resampled)   # kept open while the warp reads it
         self.stretch = self.band_reader.stretch

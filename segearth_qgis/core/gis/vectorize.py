@@ -73,6 +73,11 @@ def polygonize(raster_path: str | os.PathLike, output_path: str | os.PathLike,
     if min_area_m2 > 0:
         pixel_m2 = float(meter.row_pixel_areas(height // 2, height // 2 + 1)[0])
         threshold = max(1, math.ceil(min_area_m2 / pixel_m2 - 1e-9))
+        if threshold > width * height:
+            dataset = source = mask = None  # closed before raising: a kept traceback would hold them open
+            raise ValueError(f"MIN_AREA {min_area_m2:g} m2 is larger than the whole raster (about "
+                             f"{width * height * pixel_m2:.6g} m2): every region would merge into one; give a smaller "
+                             "area")
         copy = gdal.GetDriverByName("MEM").Create("", width, height, 1, source.DataType)
         copy.SetGeoTransform(dataset.GetGeoTransform())     # polygonize takes its coordinates from here
         copy.SetProjection(srs_wkt)

@@ -22,12 +22,16 @@ class Vocabulary:
         character (other than a tab) is refused, naming its line."""
         if not isinstance(text, str):
             raise TypeError("the vocabulary is text: one class per line, commas between synonyms")
-        classes = []
-        for number, line in enumerate(text.splitlines(), 1):
+        classes, seen = [], {}
+        for number, line in enumerate(text.replace("\\n", "\n").splitlines(), 1):  # qgis_process passes \n as is
             control = next((c for c in line if c != "\t" and unicodedata.category(c) == "Cc"), None)
             if control is not None:
                 raise ValueError(f"class line {number} contains the control character U+{ord(control):04X}: remove it")
-            synonyms = tuple(name.strip() for name in line.split(",") if name.strip())
+            synonyms = tuple(dict.fromkeys(name.strip() for name in line.split(",") if name.strip()))
+            for name in synonyms:
+                if seen.setdefault(name.lower(), number) != number:
+                    raise ValueError(f"'{name}' is on class lines {seen[name.lower()]} and {number}: a word can "
+                                     "name one class only; merge the lines (synonyms go on one line, e.g. road,lane)")
             if synonyms:
                 classes.append(synonyms)
         if not classes:
