@@ -232,7 +232,9 @@ def check_request(input_path: str | os.PathLike, outputs: SegmentOutputs, option
             raise RasterInputError(f"{name} ({path}): raster outputs are GeoTIFF: name it with .tif")
     if outputs.vector:
         output_driver(outputs.vector)
-        if qml_path(outputs.vector) == qml_path(outputs.classes):
+        # refused where the .qml is a layer's only style (.shp, .geojson, .fgb); classes.tif beside classes.gpkg
+        # stays allowed, the raster's .qml taking the name as before
+        if qml_path(outputs.vector) == qml_path(outputs.classes) and output_driver(outputs.vector) != "GPKG":
             raise RasterInputError(f"OUTPUT_VECTOR ({outputs.vector}) and OUTPUT ({outputs.classes}) would share the "
                                    f"style file {qml_path(outputs.classes).name}, which QGIS loads for both: give "
                                    "them different names")
