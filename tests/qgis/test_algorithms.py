@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
-from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer
+from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsProject, QgsRasterLayer
 from rasters import read_band, scene_bands, write_geotiff
 
 from segearth_qgis.core import Vocabulary, segment_image
@@ -382,10 +382,15 @@ def test_outputs_onto_the_input_or_each_other_are_refused_before_any_work(segear
         with pytest.raises(QgsProcessingException, match=f"^{wrong} .* would overwrite the (input INPUT|output "
                                                          "OUTPUT)"):
             segment(tiny_bundle, source, tmp_path / "out", **extra)
-    with pytest.raises(QgsProcessingException, match="would overwrite the input INPUT"):  # a layer, not a path
-        segment(tiny_bundle, QgsRasterLayer(source, "scene"), tmp_path / "out", OUTPUT=source)
     assert digest(source) == before and not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+    layer = QgsProject.instance().addMapLayer(QgsRasterLayer(source, "scene"))  # as the dialog passes a layer
+    try:
+        with pytest.raises(QgsProcessingException, match="would overwrite the input INPUT"):
+            segment(tiny_bundle, layer.id(), tmp_path / "out", OUTPUT=source)
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+    assert digest(source) == before and not (tmp_path / "out").exists()  # (QGIS itself adds scene.tif.aux.xml)
 
 
 def test_evaluate_refuses_its_report_over_the_classified_input(segearth_processing, tmp_path):
