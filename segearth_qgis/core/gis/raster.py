@@ -77,8 +77,11 @@ class Grid:
 
 
 def close_dataset(dataset: gdal.Dataset | ogr.DataSource) -> None:
-    """Flush and close a GDAL/OGR dataset: ``Close()`` from GDAL 3.8 on, where ``Destroy()`` is deprecated."""
-    getattr(dataset, "Close", dataset.Destroy)()
+    """Flush and close a GDAL/OGR dataset: ``Close()`` from GDAL 3.8 on, where ``Destroy()`` is deprecated; before
+    3.8 an OGR data source has ``Destroy()`` and a raster dataset closes when its last reference goes."""
+    close = getattr(dataset, "Close", None) or getattr(dataset, "Destroy", None)
+    if close is not None:
+        close()
 
 
 def open_raster(path: str | os.PathLike) -> gdal.Dataset:
