@@ -104,7 +104,8 @@ def _run(folder, name, size, runs, device, longer_side):
 
 
 def _worker(*args):
-    run = subprocess.run([sys.executable, "-m", __name__, "worker", *map(str, args)], capture_output=True,
+    module = __spec__.name if __spec__ else __name__  # run with -m, __name__ is "__main__"
+    run = subprocess.run([sys.executable, "-m", module, "worker", *map(str, args)], capture_output=True,
                          text=True)
     if run.returncode != 0:
         raise RuntimeError(f"benchmark step {args[0]} failed:\n{run.stderr[-3000:]}")
