@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+FLOP_PER_WINDOW = 41.4e9  # docs/method.md §2.1: ViT-B/16 with the modified last block 16.7 GMAC, SimFeatUp ~4 GMAC
+SIMFEATUP_HEAD_TARGET_S = 0.10  # issue 19: SimFeatUp and the head per window on the CPU
 BATCH = {"cpu": {"reference_order": 1, "torch": 4, "onnx": 4},   # device: implementation: windows per batch
          "cuda": {"reference_order": 1, "torch": 16, "onnx": 16}}
 VOCABULARY = "background\nbuilding,roof\nroad\nwater,river\ntree,forest\nfield,grass"
@@ -102,7 +104,8 @@ def _run(folder, name, size, runs, device, longer_side):
 
 
 def _worker(*args):
-    run = subprocess.run([sys.executable, "-m", __name__, "worker", *map(str, args)], capture_output=True,
+    module = __spec__.name if __spec__ else __name__  # run with -m, __name__ is "__main__"
+    run = subprocess.run([sys.executable, "-m", module, "worker", *map(str, args)], capture_output=True,
                          text=True)
     if run.returncode != 0:
         raise RuntimeError(f"benchmark step {args[0]} failed:\n{run.stderr[-3000:]}")
@@ -127,6 +130,7 @@ def speed(arch="ViT-B-16", size=448, runs=1, device="cpu", longer_side=448, log=
             log(f"running {name} on {device} ...")
             results[name] = json.loads(_worker("run", folder, name, size, runs, device, side))
             results[name]["labels"] = np.load(folder / f"{name}.npy")
+        sgemm = json.loads(_worker("sgemm", folder))["gflops"] if device == "cpu" else None
     reference = results["reference_order"]
     log(f"{arch} (seeded random weights), {size}x{size} synthetic image -> {side} on the longer side, {windows} "
         f"windows of 224, {len(Vocabulary.parse(VOCABULARY).queries)} queries, {device.upper()} float32, "
@@ -141,9 +145,105 @@ def speed(arch="ViT-B-16", size=448, runs=1, device="cpu", longer_side=448, log=
         gpu = "" if device != "cuda" else f"{'n/a' if gpu is None else f'{gpu / 2 ** 30:.2f} GB':>12}"
         log(f"{name:<17}{batches[name]:>6}{windows / result['seconds']:>11.2f}{result['seconds']:>10.2f}"
             f"{result['peak_rss'] / 2 ** 30:>9.2f} GB{gpu}{equal[name]:>13.2f}%  {result['runtime']}")
+    onnx_window = results["onnx"]["seconds"] / windows
+    floor = (f" onnx_s_per_window={onnx_window:.3f} floor_s_per_window={FLOP_PER_WINDOW / 1e9 / sgemm:.3f} "
+             f"onnx_vs_floor={onnx_window * sgemm * 1e9 / FLOP_PER_WINDOW:.2f} sgemm_gflops={sgemm:.0f} "
+             f"torch_vs_onnx={results['torch']['seconds'] / results['onnx']['seconds']:.2f}") if sgemm else ""
     log(f"speed: onnx_vs_reference_order={reference['seconds'] / results['onnx']['seconds']:.2f} "
         f"torch_vs_reference_order={reference['seconds'] / results['torch']['seconds']:.2f} "
-        f"labels_equal={min(equal['onnx'], equal['torch']):.2f}%")
+        f"labels_equal={min(equal['onnx'], equal['torch']):.2f}%{floor}")
+    return 0
+
+
+def _sgemm(size=2048, runs=5):
+    """float32 matrix products of ``size``: the best GFLOP/s of ``runs`` (numpy's BLAS, all its threads)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(runs))
+    print(json.dumps({"gflops": 2 * size ** 3 / best / 1e9}))
+
+
+def _timed(call):
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+STAGES = (  # (name, module path, attribute): the CPU path's steps, timed where window_logits calls them
+    ("encoder", None, "encode_windows"),
+    ("range kernel (dot, softmax, spatial)", "segearth_qgis.core.method.simfeatup_cpu", "normalised_range_kernel"),
+    ("fix-up convs (onnxruntime)", None, "_correct"),
+    ("stage kernels, total", "segearth_qgis.core.method.simfeatup_cpu", "stage_kernels"),
+    ("bicubic x2", "segearth_qgis.core.method.simfeatup_cpu", "bicubic_resize"),
+    ("adaptive conv 11x11", "segearth_qgis.core.method.simfeatup_cpu", "adaptive_conv_channels_last"),
+    ("apply stages, total", "segearth_qgis.core.method.simfeatup_cpu", "apply_stage_kernels"),
+    ("cosine head", "segearth_qgis.core.method.head", "cosine_head"),
+    ("head with basis, total", "segearth_qgis.core.runtime.onnx_backend", "upsampled_logits"),
+)
+
+
+def _timer(call, name, totals):
+    """``call``, adding its wall time to ``totals[name]``."""
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            totals[name] += time.perf_counter() - start
+
+    return timed
+
+
+def _run_stages(folder, batch, runs):
+    """Per-stage seconds per window of the ONNX CPU path, each stage timed where the backend calls it."""
+    import importlib
+
+    from segearth_qgis.core.method.vocabulary import Vocabulary
+
+    from .synthetic import synthetic_scene
+
+    model, runtime = _load(folder, "onnx", "cpu")
+    text = model.text_features(Vocabulary.parse(VOCABULARY).queries)
+    totals = dict.fromkeys([name for name, _, _ in STAGES], 0.0)
+    for name, module, attribute in STAGES:
+        owner = model if module is None else importlib.import_module(module)
+        setattr(owner, attribute, _timer(getattr(owner, attribute), name, totals))
+    rgb = synthetic_scene(224, 224 * batch, seed=2)
+    windows = np.stack([rgb[:, 224 * i:224 * (i + 1)] for i in range(batch)]).transpose(0, 3, 1, 2)
+    windows = ((windows / 255.0 - 0.45) / 0.27).astype(np.float32)
+    model.window_logits(windows, text, 0.3)  # numba compiles, onnxruntime settles
+    best = None
+    for _ in range(runs):
+        for key in totals:
+            totals[key] = 0.0
+        start = time.perf_counter()
+        model.window_logits(windows, text, 0.3)
+        total = time.perf_counter() - start
+        if best is None or total < best["window_logits"]:
+            best = {**totals, "window_logits": total}
+    print(json.dumps({"per_window": {k: v / batch for k, v in best.items()}, "runtime": runtime, "batch": batch}))
+
+
+def stages(arch="ViT-B-16", batch=4, runs=3, log=print):
+    """Prints where a window's time goes on the CPU (ONNX backend): the encoder, SimFeatUp's steps, the head."""
+    with tempfile.TemporaryDirectory(prefix="segearth-bench-") as tmp:
+        folder = Path(tmp)
+        log(f"building a seeded random {arch} model and exporting its bundle (not timed) ...")
+        _worker("prepare", folder, arch)
+        result = json.loads(_worker("stages", folder, batch, runs))
+        sgemm = json.loads(_worker("sgemm", folder))["gflops"]
+    seconds = result["per_window"]
+    log(f"{arch} (seeded random weights), {batch} windows of 224 per batch, 10 queries, CPU float32, best of {runs}; "
+        f"{result['runtime']}")
+    log(f"{'stage':<40}{'s/window':>10}")
+    for name, value in seconds.items():
+        log(f"{name:<40}{value:>10.4f}")
+    upsampler_head = seconds["window_logits"] - seconds["encoder"]
+    log(f"stages: encoder_s={seconds['encoder']:.3f} simfeatup_head_s={upsampler_head:.3f} "
+        f"target_simfeatup_head_s={SIMFEATUP_HEAD_TARGET_S:.2f} window_s={seconds['window_logits']:.3f} "
+        f"floor_s_per_window={FLOP_PER_WINDOW / 1e9 / sgemm:.3f} sgemm_gflops={sgemm:.0f}")
     return 0
 
 
@@ -286,6 +386,10 @@ def worker(step, folder, rest):
         _prepare_memory(folder)
     elif step == "run-memory":
         _run_memory(folder, int(rest[0]), float(rest[1]))
+    elif step == "sgemm":
+        _sgemm()
+    elif step == "stages":
+        _run_stages(folder, int(rest[0]), int(rest[1]))
     else:
         name, size, runs, device, longer_side = rest
         _run(folder, name, int(size), int(runs), device, int(longer_side))
@@ -294,9 +398,11 @@ def worker(step, folder, rest):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="build.py bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["speed", "parity", "memory", "worker"],
-                        help="speed: the three implementations; parity: CUDA against the CPU (needs a GPU); memory: "
-                             "the streaming pipeline on rasters up to 20000x20000; worker: one internal step")
+    parser.add_argument("what", choices=["speed", "stages", "parity", "memory", "worker"],
+                        help="speed: the three implementations; stages: where a window's time goes on the CPU; "
+                             "parity: CUDA against the CPU (needs a GPU); memory: the streaming pipeline on rasters "
+                             "up to 20000x20000; worker: one internal step")
+    parser.add_argument("--batch", type=int, default=4, help="stages: windows per batch")
     parser.add_argument("--arch", default="ViT-B-16")
     parser.add_argument("--size", type=int, default=448, help="side of the square test image")
     parser.add_argument("--runs", type=int, default=1, help="timed runs per implementation (best is kept)")
@@ -312,6 +418,8 @@ def main(argv=None):
         return parity(args.arch, args.size)
     if args.what == "memory":
         return memory(args.resolution)
+    if args.what == "stages":
+        return stages(args.arch, args.batch, max(args.runs, 3))
     return speed(args.arch, args.size, args.runs, args.device, args.longer_side)
 
 

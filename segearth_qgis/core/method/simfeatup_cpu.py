@@ -4,7 +4,8 @@ Per-pixel loops over 121 neighbours (the range kernel's dot products and softmax
 x2) run numba-compiled and channels-last: onnxruntime and torch execute them as 121 whole-tensor slices, which is
 memory-bound and about 10-20x slower on a CPU. Where numba is not installed the backends keep SimFeatUp in their
 graphs instead (``numba_available``); only the bicubic resize has a numpy fallback, for positional embeddings.
-Sums run in the same tap order as the official code.
+Sums over the 121 taps run in the official tap order; channel dot products may be summed in SIMD lanes (float rounding
+only, see REDUCTION_FLAGS).
 """
 
 import math
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from .simfeatup import JBUOne
 
 _CUBIC_A = -0.75  # torch's bicubic (Keys, a = -0.75)
+# channel dot products may be summed in SIMD lanes (reassociated) and fused: float rounding only, as torch's own
+# einsum and conv choose their order; no approximate functions, NaN and infinity keep their IEEE meaning
+REDUCTION_FLAGS = {"reassoc", "contract"}
 
 
 def _cubic_weights(t: np.ndarray) -> np.ndarray:
@@ -149,7 +153,7 @@ def _compile_range_kernel(numba: ModuleType) -> Callable:
     """A stage's filter before its learned correction: the range kernel's dot products, softmax and the spatial
     kernel, per pixel over its neighbours."""
 
-    @numba.njit(parallel=True, cache=True)
+    @numba.njit(parallel=True, cache=True, fastmath=REDUCTION_FLAGS)
     def range_kernel(padded: np.ndarray, keys: np.ndarray, temperature: np.float32, spatial: np.ndarray,
                      out: np.ndarray) -> None:
         """Softmax over the neighbours of temperature * <key(neighbour), key(centre)>, times the spatial kernel,
@@ -191,7 +195,7 @@ def _compile_range_kernel(numba: ModuleType) -> Callable:
 def _compile_cosine_head(numba: ModuleType) -> Callable:
     """The GBA cosine logits of shifted features against per-window text, one pass over the features."""
 
-    @numba.njit(parallel=True, cache=True)
+    @numba.njit(parallel=True, cache=True, fastmath=REDUCTION_FLAGS)
     def cosine_head(features: np.ndarray, offsets: np.ndarray, text: np.ndarray, gba: np.ndarray,
                     out: np.ndarray) -> None:
         """out[n, q, p] = <f + o, t_q> / |f + o| - gba[n, q] for f = features[n, p], o = offsets[n], t = text[n]."""
