@@ -31,6 +31,15 @@ def segment(bundle, source, out, **extra):
     return run("segearth:segment", parameters)
 
 
+def qgis_process_env(tmp_path):
+    """The environment of a qgis_process.bin with this checkout's plugin staged and enabled in a fresh profile."""
+    staged = stage_plugin(tmp_path / "plugins")
+    env = dict(os.environ, QGIS_PLUGINPATH=str(staged.parent), QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"))
+    subprocess.run(["qgis_process.bin", "plugins", "enable", "segearth_qgis"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    return env
+
+
 def class_table(path):
     """Category names and colours read back from a fresh GDAL open (what other GIS software sees)."""
     dataset = gdal.Open(str(path))
@@ -300,10 +309,7 @@ def test_model3_chain_runs_in_processing_and_qgis_process(segearth_processing, t
     output_name = next(p.name() for p in model.destinationParameterDefinitions())
     result = run(model, {"raster": source, "bundle": str(tiny_bundle), output_name: str(tmp_path / "d1.gpkg")})
     check_dissolved(result[output_name])
-    staged = stage_plugin(tmp_path / "plugins")
-    env = dict(os.environ, QGIS_PLUGINPATH=str(staged.parent), QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"))
-    subprocess.run(["qgis_process.bin", "plugins", "enable", "segearth_qgis"], env=env, check=True,
-                   capture_output=True, timeout=120)
+    env = qgis_process_env(tmp_path)
     process = subprocess.run(["qgis_process.bin", "run", str(model_path), "--", f"raster={source}",
                               f"bundle={tiny_bundle}", f"{output_name}={tmp_path / 'd2.gpkg'}"],
                              env=env, capture_output=True, text=True, timeout=300)
@@ -313,10 +319,7 @@ def test_model3_chain_runs_in_processing_and_qgis_process(segearth_processing, t
 
 def test_qgis_process_runs_segment_with_a_json_report(tiny_bundle, tmp_path):
     source = write_geotiff(tmp_path / "scene.tif", scene_bands(100, 140, seed=10), epsg=32632)
-    staged = stage_plugin(tmp_path / "plugins")
-    env = dict(os.environ, QGIS_PLUGINPATH=str(staged.parent), QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"))
-    subprocess.run(["qgis_process.bin", "plugins", "enable", "segearth_qgis"], env=env, check=True,
-                   capture_output=True, timeout=120)
+    env = qgis_process_env(tmp_path)
     process = subprocess.run(["qgis_process.bin", "--json", "run", "segearth:segment", "--", f"INPUT={source}",
                               "CLASSES=building,roof\nroad", f"MODEL={tiny_bundle}", "DEVICE=cpu", "RESOLUTION=1",
                               f"OUTPUT={tmp_path / 'classes.tif'}"], env=env, capture_output=True, text=True,
@@ -435,10 +438,7 @@ def test_an_empty_or_truncated_input_file_is_named_with_what_is_wrong(segearth_p
 
 def test_qgis_process_bands_comma_list_and_a_refused_output(tiny_bundle, tmp_path):
     source = write_geotiff(tmp_path / "scene.tif", scene_bands(60, 70, seed=24), epsg=32632)
-    staged = stage_plugin(tmp_path / "plugins")
-    env = dict(os.environ, QGIS_PLUGINPATH=str(staged.parent), QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"))
-    subprocess.run(["qgis_process.bin", "plugins", "enable", "segearth_qgis"], env=env, check=True,
-                   capture_output=True, timeout=120)
+    env = qgis_process_env(tmp_path)
     common = ["qgis_process.bin", "run", "segearth:segment", "--", f"INPUT={source}", "CLASSES=road",
               f"MODEL={tiny_bundle}", "DEVICE=cpu"]
     done = subprocess.run([*common, "BANDS=3,2,1", f"OUTPUT={tmp_path / 'classes.tif'}"], env=env,
@@ -457,10 +457,7 @@ def test_qgis_process_killed_by_a_signal_leaves_no_file_behind(tiny_bundle, tmp_
     """A stopped job or a closed terminal (SIGTERM, SIGHUP) while qgis_process writes: the partial outputs go and
     the process dies of the signal."""
     source = write_geotiff(tmp_path / "scene.tif", scene_bands(800, 800, seed=25), epsg=32632)
-    staged = stage_plugin(tmp_path / "plugins")
-    env = dict(os.environ, QGIS_PLUGINPATH=str(staged.parent), QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"))
-    subprocess.run(["qgis_process.bin", "plugins", "enable", "segearth_qgis"], env=env, check=True,
-                   capture_output=True, timeout=120)
+    env = qgis_process_env(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     process = subprocess.Popen(["qgis_process.bin", "run", "segearth:segment", "--", f"INPUT={source}",
