@@ -53,7 +53,7 @@ images (5-30 cm): 0.3-0.6 m; Pleiades / WorldView pan-sharpened: native or 0.5-1
 Sentinel-2 10 m: native, with land-cover words (cropland, forest, urban area) rather than objects. Web layers \
 (WMS, XYZ, WCS) need a RESOLUTION. The output is always on the input's pixel grid. Before any work the run is \
 estimated (grid, windows, memory): a run that cannot fit in memory is refused with the finest RESOLUTION that fits; \
-one over 100,000 windows (hours of work) needs ALLOW_LARGE.
+one over {max_windows} windows (hours of work) needs ALLOW_LARGE.
 <h3>Bands</h3>
 BANDS gives red, green, blue (1-based). 16-bit and float data are stretched once per run (2-98 % cumulative cut \
 per band from an overview). Nodata, alpha and mask bands are respected and come out as nodata (255).
@@ -77,7 +77,7 @@ def optional_value(parameters, name):
 class SegmentAlgorithm(SegEarthAlgorithm):
     NAME = "segment"
     DISPLAY_NAME = "Map classes (open vocabulary)"
-    HELP = HELP_TEXT
+    HELP = HELP_TEXT.replace("{max_windows}", f"{MAX_WINDOWS:,}")
 
     def initAlgorithm(self, config=None):
         from ..core.method.presets import preset_names
