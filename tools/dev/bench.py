@@ -175,7 +175,7 @@ STAGES = (  # (name, module path, attribute): the CPU path's steps, timed where 
     ("range kernel (dot, softmax, spatial)", "segearth_qgis.core.method.simfeatup_cpu", "normalised_range_kernel"),
     ("fix-up convs (onnxruntime)", None, "_correct"),
     ("stage kernels, total", "segearth_qgis.core.method.simfeatup_cpu", "stage_kernels"),
-    ("bicubic x2", "segearth_qgis.core.method.simfeatup_cpu", "bicubic_resize"),
+    ("bicubic x2 into the padded array", "segearth_qgis.core.method.simfeatup_cpu", "bicubic_resize_padded"),
     ("adaptive conv 11x11", "segearth_qgis.core.method.simfeatup_cpu", "adaptive_conv_channels_last"),
     ("apply stages, total", "segearth_qgis.core.method.simfeatup_cpu", "apply_stage_kernels"),
     ("cosine head", "segearth_qgis.core.method.head", "cosine_head"),
