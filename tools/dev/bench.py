@@ -1,4 +1,5 @@
-"""Benchmarks that print figures: speed (the official order against our backends), parity on CUDA, pipeline memory.
+"""Benchmarks that print figures: speed (the official order against our backends), where a window's time goes,
+parity on CUDA, the streaming pipeline's throughput and memory.
 
 Each measured run has its own process, so its peak RSS is its own (model loading included) and no run inherits
 another's caches; the export that makes the bundle also runs apart and is not timed.
@@ -301,6 +302,67 @@ def parity(arch="ViT-B-16", size=448, log=print):
     return 0
 
 
+OUTSIDE_MODEL_TARGET = 0.10  # issue 19: share of the pipeline's time spent outside the model (I/O, resampling)
+
+
+def _prepare_throughput(folder, size):
+    from .synthetic import write_scene_geotiff
+
+    write_scene_geotiff(folder / f"scene_{size}.tif", size, size, seed=3)
+
+
+def _run_throughput(folder, name, size, device):
+    """The whole streaming pipeline (read, windows, write) on a ``size`` square GeoTIFF at its native resolution,
+    timing the model's calls where the pipeline makes them."""
+    from osgeo import gdal
+
+    from segearth_qgis.core.method.vocabulary import Vocabulary
+    from segearth_qgis.core.pipeline import SegmentOptions, SegmentOutputs, segment_raster
+
+    model, runtime = _load(folder, name, device)
+    model_seconds = {"window_logits": 0.0}
+    model.window_logits = _timer(model.window_logits, "window_logits", model_seconds)
+    options = SegmentOptions(vocabulary=Vocabulary.parse(VOCABULARY), batch_size=BATCH[device][name])
+    warm = folder / f"warm_{size}.tif"
+    gdal.Translate(str(warm), str(folder / f"scene_{size}.tif"), srcWin=[0, 0, 448, 448])
+    segment_raster(model, str(warm), SegmentOutputs(str(folder / f"warm_{name}.tif")), options)  # compiles, settles
+    model_seconds["window_logits"] = 0.0
+    start = time.perf_counter()
+    result = segment_raster(model, str(folder / f"scene_{size}.tif"),
+                            SegmentOutputs(str(folder / f"classes_{name}_{size}.tif")), options)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "model_seconds": model_seconds["window_logits"], "windows": result.windows,
+                      "runtime": runtime, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      "gpu_memory": _gpu_memory(name) if device == "cuda" else None}))
+
+
+def throughput(arch="ViT-B-16", size=4096, device="cpu", log=print):
+    """Prints the streaming pipeline's windows/s, seconds per megapixel and share of time outside the model, per
+    backend, on a generated ``size`` x ``size`` GeoTIFF at native resolution."""
+    with tempfile.TemporaryDirectory(prefix="segearth-throughput-") as tmp:
+        folder = Path(tmp)
+        log(f"building a seeded random {arch} model, its bundle and a {size}x{size} GeoTIFF (not timed) ...")
+        _worker("prepare", folder, arch)
+        _worker("prepare-throughput", folder, size)
+        results = {}
+        for name in ("onnx", "torch"):
+            log(f"running the pipeline with {name} on {device} ...")
+            results[name] = json.loads(_worker("run-throughput", folder, name, size, device))
+    megapixels = size * size / 1e6
+    log(f"{arch} (seeded random weights), {size}x{size} px RGB GeoTIFF (uint8, 0.5 m) at native resolution, windows "
+        f"of 224 at stride 112, {device.upper()} float32; classes written as a GeoTIFF")
+    for name, result in results.items():
+        outside = 1.0 - result["model_seconds"] / result["seconds"]
+        gpu = result["gpu_memory"]
+        gpu = f" gpu_memory_gb={gpu / 2 ** 30:.2f}" if gpu else ""
+        log(f"throughput: backend={name} device={device} windows={result['windows']} "
+            f"windows_per_s={result['windows'] / result['seconds']:.2f} "
+            f"s_per_megapixel={result['seconds'] / megapixels:.2f} seconds={result['seconds']:.1f} "
+            f"outside_model_share={outside:.3f} target_outside_share={OUTSIDE_MODEL_TARGET:.2f} "
+            f"peak_rss_gb={result['peak_rss'] / 2 ** 30:.2f}{gpu}  ({result['runtime']})")
+    return 0
+
+
 MEMORY_SIDES = (2000, 8000, 20000)
 MEMORY_TILE = 1000
 
@@ -386,6 +448,10 @@ def worker(step, folder, rest):
         _prepare_memory(folder)
     elif step == "run-memory":
         _run_memory(folder, int(rest[0]), float(rest[1]))
+    elif step == "prepare-throughput":
+        _prepare_throughput(folder, int(rest[0]))
+    elif step == "run-throughput":
+        _run_throughput(folder, rest[0], int(rest[1]), rest[2])
     elif step == "sgemm":
         _sgemm()
     elif step == "stages":
@@ -398,13 +464,15 @@ def worker(step, folder, rest):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="build.py bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["speed", "stages", "parity", "memory", "worker"],
+    parser.add_argument("what", choices=["speed", "stages", "throughput", "parity", "memory", "worker"],
                         help="speed: the three implementations; stages: where a window's time goes on the CPU; "
+                             "throughput: the streaming pipeline end to end at native resolution; "
                              "parity: CUDA against the CPU (needs a GPU); memory: the streaming pipeline on rasters "
                              "up to 20000x20000; worker: one internal step")
     parser.add_argument("--batch", type=int, default=4, help="stages: windows per batch")
     parser.add_argument("--arch", default="ViT-B-16")
-    parser.add_argument("--size", type=int, default=448, help="side of the square test image")
+    parser.add_argument("--size", type=int, default=None,
+                        help="side of the square test image (speed: 448, throughput: 4096)")
     parser.add_argument("--runs", type=int, default=1, help="timed runs per implementation (best is kept)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--resolution", type=float, default=5.0, help="memory: processing resolution in metres")
@@ -415,12 +483,14 @@ def main(argv=None):
     if args.what == "worker":
         return worker(args.step[0], Path(args.step[1]), args.step[2:])
     if args.what == "parity":
-        return parity(args.arch, args.size)
+        return parity(args.arch, args.size or 448)
     if args.what == "memory":
         return memory(args.resolution)
     if args.what == "stages":
         return stages(args.arch, args.batch, max(args.runs, 3))
-    return speed(args.arch, args.size, args.runs, args.device, args.longer_side)
+    if args.what == "throughput":
+        return throughput(args.arch, args.size or 4096, args.device)
+    return speed(args.arch, args.size or 448, args.runs, args.device, args.longer_side)
 
 
 if __name__ == "__main__":
