@@ -9,7 +9,16 @@ import traceback
 from pathlib import Path
 
 from .core.common.checks import MAX_WINDOWS
-from .core.common.choices import ATTENTIONS, BACKENDS, DEVICES, EVALUATION_PIPELINES, MODALITIES, MODEL_SOURCES, SENSORS
+from .core.common.choices import (
+    ATTENTIONS,
+    BACKENDS,
+    DEVICES,
+    EVALUATION_PIPELINES,
+    MODALITIES,
+    MODEL_SOURCES,
+    PRECISIONS,
+    SENSORS,
+)
 from .core.common.failures import CANCELLED, failure_sentence
 from .core.common.signals import install_cleanup_handlers
 
@@ -63,7 +72,7 @@ def segment(args):
     outputs = SegmentOutputs(args.output, confidence=args.confidence, vector=args.vector, areas_csv=args.areas,
                              simplify=args.simplify, min_area_m2=args.min_area)
     check_request(args.input, outputs, options)
-    model = load_model(args.model, modality, args.backend, args.device)
+    model = load_model(args.model, modality, args.backend, args.device, args.precision)
     feedback.info(f"runtime: {model.runtime}")
     result = segment_raster(model, args.input, outputs, options, feedback)
     for kind, path in result.outputs.items():
@@ -85,7 +94,7 @@ def evaluate(args: argparse.Namespace) -> int:
         label_map=args.label_map, ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label,
         label_suffix=args.label_suffix, split=args.split, resize_longer_side=args.resize, pipeline=args.pipeline,
         resolution=args.resolution, save_predictions=args.save_predictions, backend=args.backend,
-        device=args.device)
+        device=args.device, precision=args.precision)
     report = evaluate_dataset(args.images, args.labels, settings, feedback)
     print(report.table())
     written = report.write(out, out.with_suffix(".csv"), out.with_suffix(".png"), warn=feedback.warn)
@@ -156,6 +165,8 @@ def add_model_arguments(parser):
     parser.add_argument("--model", help="model bundle folder, manifest.json or zip (default: the installed model)")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp16: the encoder and SimFeatUp in half precision, CUDA and the torch backend only")
 
 
 def add_segment_parser(sub):

@@ -26,7 +26,7 @@ from qgis.core import (
 )
 
 from ..core.common.checks import MAX_WINDOWS
-from ..core.common.choices import BACKENDS, DEVICES, SENSORS
+from ..core.common.choices import BACKENDS, DEVICES, PRECISIONS, SENSORS
 from .base import (
     DOUBLE,
     INTEGER,
@@ -108,6 +108,8 @@ class SegmentAlgorithm(SegEarthAlgorithm):
                                                                 "(default 0.3, or the preset's)", DOUBLE, None,
                                                                 optional=True, minValue=0.0)))
         self.addParameter(advanced(choice("BACKEND", "Backend", BACKENDS, "auto")))
+        self.addParameter(advanced(choice("PRECISION", "Precision (fp16: CUDA and the torch backend only)", PRECISIONS,
+                                          "fp32")))
         self.addParameter(advanced(QgsProcessingParameterNumber("SIMPLIFY", "Polygon simplification tolerance "
                                                                 "(layer units, 0: none)", DOUBLE, 0.0, minValue=0.0)))
         self.addParameter(advanced(QgsProcessingParameterNumber("MIN_AREA", "Minimum polygon area in m2 (smaller "
@@ -205,8 +207,9 @@ class SegmentAlgorithm(SegEarthAlgorithm):
         path = self.parameterAsFile(parameters, "MODEL", context)
         device = self.parameterAsEnumString(parameters, "DEVICE", context) or "auto"
         backend = self.parameterAsEnumString(parameters, "BACKEND", context) or "auto"
+        precision = self.parameterAsEnumString(parameters, "PRECISION", context) or "fp32"
         try:
-            model = runtime_import(lambda: load_model(path, modality, backend, device))
+            model = runtime_import(lambda: load_model(path, modality, backend, device, precision))
         except (BundleError, DeviceUnavailable) as error:
             raise QgsProcessingException(str(error)) from error
         feedback.pushInfo(f"runtime: {model.runtime}")

@@ -157,6 +157,13 @@ def test_nodata_holes_and_an_all_nodata_raster(segearth_processing, tiny_bundle,
     assert not out.exists() or not list(out.iterdir())
 
 
+def test_fp16_on_the_cpu_is_refused_with_what_to_choose(segearth_processing, tiny_bundle, tmp_path):
+    source = write_geotiff(tmp_path / "scene.tif", scene_bands(64, 64))
+    with pytest.raises(QgsProcessingException, match="fp16 runs on a CUDA GPU only.*choose precision fp32"):
+        segment(tiny_bundle, source, tmp_path, PRECISION="fp16")
+    assert not (tmp_path / "classes.tif").exists()
+
+
 def test_extent_output_is_the_snapped_part_of_the_input_grid(segearth_processing, tiny_bundle, tmp_path):
     source = write_geotiff(tmp_path / "scene.tif", scene_bands(200, 300, seed=6))
     x0, y0 = 500000.0, 5600000.0

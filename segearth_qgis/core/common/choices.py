@@ -3,6 +3,7 @@ all read them here, so a new choice appears everywhere at once."""
 
 DEVICES = ("auto", "cuda", "cpu")                       # where a model runs
 BACKENDS = ("auto", "onnx", "torch")                    # what runs a model bundle
+PRECISIONS = ("fp32", "fp16")                          # float arithmetic of the encoder and SimFeatUp (fp16: CUDA)
 SENSORS = ("auto", "optical", "sar")                    # how a raster is read; auto detects radar on evidence
 MODALITIES = ("optical", "sar")                         # what a model bundle or a preset is for
 MODEL_SOURCES = (*MODALITIES, "all")                    # what `models download` and segearth:install_model fetch

@@ -162,6 +162,7 @@ class EvaluationSettings:
     save_predictions: Path | str | None = None      # a folder for <stem>.tif
     backend: str = "auto"
     device: str = "auto"
+    precision: str = "fp32"
 
 
 @dataclass
@@ -203,7 +204,7 @@ def _resolve(settings: EvaluationSettings) -> ResolvedEvaluation:
     else:
         from ..runtime.loader import load_model
 
-        loaded = load_model(model_path, modality, settings.backend, settings.device)
+        loaded = load_model(model_path, modality, settings.backend, settings.device, settings.precision)
     options = replace(options, gba_lambda=model_gba_lambda(loaded, options))
     return ResolvedEvaluation(loaded, options, modality, chosen, encoding, background_index, predicted_names,
                               predicted_background, model_path, notes)

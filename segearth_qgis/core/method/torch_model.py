@@ -76,6 +76,14 @@ def modified_attention(attn: nn.MultiheadAttention, x: torch.Tensor, variant: st
     return attn.out_proj(out)
 
 
+def half_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
+    """fp16 autocast on CUDA for ``precision`` fp16 (matmuls and convolutions in half, softmax and norms in float32,
+    as torch's autocast policy keeps them); float32 otherwise. The loader refuses fp16 anywhere but CUDA."""
+    if precision == "fp16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
 def strict_float32(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """On CUDA, cuDNN without TF32 (torch allows it for convolutions by default; matmuls already run in float32)."""
     if device.type != "cuda":
@@ -109,6 +117,7 @@ class SegEarthModel(nn.Module):
         self.image_std = REFERENCE_STD
         self._text_cache = {}
         self._cpu_weights = None
+        self.precision = "fp32"  # "fp16" on CUDA (set by the loader, which refuses it elsewhere)
         self.to(device).eval()
 
     @property
@@ -167,10 +176,11 @@ class SegEarthModel(nn.Module):
 
         The yardstick of tests and benchmarks, and the CUDA path; on the CPU ``window_logits`` reorders it exactly.
         """
-        with strict_float32(self.device):
+        with strict_float32(self.device), half_precision(self.device, self.precision):
             cls, features = self.encode_windows(x)
             if self.upsampler is not None:
                 features = self.upsampler(features, x)
+        features, cls = features.float(), cls.float()  # the head in float32, whatever the encoder ran in
         features = features / features.norm(dim=1, keepdim=True)
         cls = cls / cls.norm(dim=-1, keepdim=True)
         logits = torch.einsum("bdhw,qd->bqhw", features, text_features)

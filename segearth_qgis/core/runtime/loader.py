@@ -7,28 +7,35 @@ from pathlib import Path
 from ..common.choices import BACKENDS
 from ..method.model import SegmentationModel
 from .bundle import BundleError, resolve_bundle, verify_bundle
-from .sessions import DeviceUnavailable, RuntimeReport
+from .sessions import DeviceUnavailable, RuntimeReport, check_precision
 from .store import default_bundle
 
 
 def load_model(path: str | os.PathLike | None = None, modality: str = "optical", backend: str = "auto",
-               device: str = "auto") -> SegmentationModel:
+               device: str = "auto", precision: str = "fp32") -> SegmentationModel:
     """``load_bundle`` of ``path``, or of the installed default model for ``modality`` when ``path`` is empty."""
-    return load_bundle(path or default_bundle(modality), backend, device)
+    return load_bundle(path or default_bundle(modality), backend, device, precision)
 
 
-def load_bundle(path: str | os.PathLike, backend: str = "auto", device: str = "auto") -> SegmentationModel:
+def load_bundle(path: str | os.PathLike, backend: str = "auto", device: str = "auto",
+                precision: str = "fp32") -> SegmentationModel:
     """A model ``segment_image`` accepts, from a bundle folder or zip; its ``runtime`` says what actually runs.
 
     ``backend``: ``onnx`` (onnxruntime), ``torch`` (needs the bundle's checkpoints) or ``auto`` (onnx, else torch
     when onnxruntime is missing or fails, with the reason in the report). ``device``: ``auto``, ``cuda`` or ``cpu``.
+    ``precision``: ``fp32``, or ``fp16`` on CUDA with the torch backend (``auto`` then chooses torch).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_precision(precision, "cuda", "torch")  # the name; what the device allows is checked once it is known
     folder = resolve_bundle(path)
     manifest = verify_bundle(folder)
+    if precision == "fp16" and backend != "torch":
+        if backend == "onnx" or not manifest.get("torch"):
+            check_precision(precision, "cpu" if device == "cpu" else "cuda", "onnx")
+        return _load_torch(folder, manifest, device, "auto: fp16 runs on the torch backend", precision)
     if backend == "torch":
-        return _load_torch(folder, manifest, device, "")
+        return _load_torch(folder, manifest, device, "", precision)
     try:
         from .onnx_backend import OnnxModel
 
@@ -39,7 +46,7 @@ def load_bundle(path: str | os.PathLike, backend: str = "auto", device: str = "a
         return _load_torch(folder, manifest, device, f"auto: onnxruntime unavailable ({error})")
 
 
-def _load_torch(folder: Path, manifest: dict, device: str, note: str) -> SegmentationModel:
+def _load_torch(folder: Path, manifest: dict, device: str, note: str, precision: str = "fp32") -> SegmentationModel:
     checkpoints = manifest.get("torch")
     if not checkpoints:
         raise BundleError(f"bundle {folder.name} was exported without checkpoints, so it cannot run on the torch "
@@ -59,13 +66,15 @@ def _load_torch(folder: Path, manifest: dict, device: str, note: str) -> Segment
     elif device == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailable("CUDA was requested but torch sees no usable CUDA GPU here: choose device 'cpu' or "
                                 "'auto'")
+    check_precision(precision, device, "torch")
     upsampler = checkpoints.get("upsampler")
     model = load_model_from_checkpoints(clip=folder / checkpoints["clip"],
                                         upsampler=folder / upsampler if upsampler else None,
                                         arch=str(folder / checkpoints["arch"]),
                                         quick_gelu=manifest["activation"] == "quick_gelu",
                                         attention=manifest["attention"], last_n=manifest["last_n"], device=device)
-    model.runtime = RuntimeReport("torch", device, [f"torch:{device}"], f"torch {torch.__version__}", note)
+    model.precision = precision
+    model.runtime = RuntimeReport("torch", device, [f"torch:{device}"], f"torch {torch.__version__}", note, precision)
     model.manifest = manifest
     model.bundle = folder
     return model

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from ..common.choices import DEVICES
+from ..common.choices import DEVICES, PRECISIONS
 from ..common.failures import ActionableError
 from .bundle import BundleError
 
@@ -33,6 +33,21 @@ class DeviceUnavailable(ActionableError, RuntimeError):
     """The requested device cannot run here; the message says why and what to do."""
 
 
+def check_precision(precision: str, device: str, backend: str) -> None:
+    """Refuse a precision the resolved ``device`` and ``backend`` cannot run, saying what to choose instead."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return
+    if device != "cuda":
+        raise DeviceUnavailable("fp16 runs on a CUDA GPU only, and this model runs on the CPU, where half precision "
+                                "is slower and less exact: choose precision fp32 (the default), or device cuda on a "
+                                "machine with an NVIDIA GPU")
+    if backend == "onnx":
+        raise DeviceUnavailable("fp16 runs on the torch backend (a bundle exported with its checkpoints): the "
+                                "bundle's ONNX graphs are float32. Choose backend torch for fp16, or precision fp32")
+
+
 @dataclass
 class RuntimeReport:
     """What actually runs a model: shown in logs and by the Processing algorithms."""
@@ -42,9 +57,11 @@ class RuntimeReport:
     providers: list[str] = field(default_factory=list)   # onnxruntime providers in effect, or the torch device
     versions: str = ""
     note: str = ""                    # why the device differs from the request, if it does
+    precision: str = "fp32"           # what the encoder and SimFeatUp compute in (the head is always float32)
 
     def __str__(self) -> str:
-        text = f"{self.backend} backend ({self.versions}) on {self.device}: {', '.join(self.providers)}"
+        text = (f"{self.backend} backend ({self.versions}) on {self.device} in {self.precision}: "
+                f"{', '.join(self.providers)}")
         return f"{text} [{self.note}]" if self.note else text
 
 

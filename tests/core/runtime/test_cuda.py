@@ -56,3 +56,13 @@ def test_torch_on_cuda_matches_the_cpu(cuda, tiny_checkpoints, scene):
     assert gpu.device.type == "cuda"
     _assert_close(segment_image(gpu, scene, VOCAB, batch_size=16), segment_image(cpu, scene, VOCAB),
                   gpu.text_features(VOCAB.queries), cpu.text_features(VOCAB.queries))
+
+
+def test_torch_fp16_on_cuda_agrees_with_fp32(cuda, tiny_bundle, scene):
+    fp32 = load_bundle(tiny_bundle, backend="torch", device="cuda")
+    fp16 = load_bundle(tiny_bundle, backend="auto", device="cuda", precision="fp16")
+    assert fp16.runtime.backend == "torch" and fp16.runtime.precision == "fp16" and "in fp16" in str(fp16.runtime)
+    half, full = segment_image(fp16, scene, VOCAB, batch_size=16), segment_image(fp32, scene, VOCAB, batch_size=16)
+    assert half.logits.dtype == np.float32
+    assert np.abs(half.logits - full.logits).max() < 5e-2  # half precision: the official code's own fp16 budget
+    assert (half.labels == full.labels).mean() >= 0.99
