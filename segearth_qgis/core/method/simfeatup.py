@@ -10,11 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import simfeatup_cuda
 from .checkpoints import load_state_dict
 
 
 def adaptive_conv(padded: torch.Tensor, kernel: torch.Tensor, diameter: int) -> torch.Tensor:
-    """``out[b,c,i,j] = sum_{a,b'} padded[b,c,i+a,j+b'] * kernel[b, a*d+b', i, j]`` for kernel (B, d*d, H, W)."""
+    """``out[b,c,i,j] = sum_{a,b'} padded[b,c,i+a,j+b'] * kernel[b, a*d+b', i, j]`` for kernel (B, d*d, H, W): one
+    fused kernel on CUDA where numba's CUDA target runs (``simfeatup_cuda``), else 121 multiply-adds."""
+    if padded.is_cuda and diameter == simfeatup_cuda.DIAMETER and simfeatup_cuda.cuda_problem() is None:
+        return simfeatup_cuda.fused_adaptive_conv(padded, kernel)
     height, width = kernel.shape[2:]
     out = torch.zeros(padded.shape[0], padded.shape[1], height, width, dtype=padded.dtype, device=padded.device)
     for a in range(diameter):

@@ -74,7 +74,14 @@ def _load_torch(folder: Path, manifest: dict, device: str, note: str, precision:
                                         quick_gelu=manifest["activation"] == "quick_gelu",
                                         attention=manifest["attention"], last_n=manifest["last_n"], device=device)
     model.precision = precision
-    model.runtime = RuntimeReport("torch", device, [f"torch:{device}"], f"torch {torch.__version__}", note, precision)
+    providers = [f"torch:{device}"]
+    if device == "cuda" and upsampler:
+        from ..method import simfeatup_cuda
+
+        problem = simfeatup_cuda.cuda_problem()
+        providers.append(f"SimFeatUp: {'numba-cuda fused adaptive conv' if problem is None else '121 torch slices'}")
+        note = "; ".join(filter(None, [note, problem and f"no fused adaptive conv: {problem}"]))
+    model.runtime = RuntimeReport("torch", device, providers, f"torch {torch.__version__}", note, precision)
     model.manifest = manifest
     model.bundle = folder
     return model
