@@ -8,6 +8,7 @@ In eval mode SimFeatUp is linear in its features and acts on every channel with 
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,11 +29,21 @@ def patch_grid_logits(cls: np.ndarray, patches: np.ndarray, text_features: np.nd
     return (logits - np.float32(gba_lambda) * cls_logits(cls, text_features)[:, :, None, None]).astype(np.float32)
 
 
+def channels_last_head(features: np.ndarray, offsets: np.ndarray, text: np.ndarray, gba: np.ndarray) -> np.ndarray:
+    """``cosine_head`` of channels-last host features (B, H, W, r): logits (B, Q, H, W)."""
+    batch, height, width, rank = features.shape
+    return cosine_head(features.reshape(batch, height * width, rank), offsets, text, gba).reshape(batch, -1, height,
+                                                                                                  width)
+
+
 def upsampled_logits(cls: np.ndarray, patches: np.ndarray, text_features: np.ndarray, gba_lambda: float,
-                     weight: np.ndarray, bias: np.ndarray, upsample: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+                     weight: np.ndarray, bias: np.ndarray, upsample: Callable[[np.ndarray], Any],
+                     head: Callable[..., np.ndarray] = channels_last_head) -> np.ndarray:
     """GBA cosine logits at full window resolution (B, Q, 16h, 16w) through the reduced-channel SimFeatUp.
 
-    ``upsample`` runs SimFeatUp's four stages on channels-last features (B, h, w, r) and returns (B, 16h, 16w, r).
+    ``upsample`` runs SimFeatUp's four stages on channels-last features (B, h, w, r); ``head(features, offsets, text,
+    gba)`` turns what it returns into the logits: ``channels_last_head`` for host features (B, 16h, 16w, r), or one
+    that runs where the features are (the GPU).
     """
     batch, dim, height, width = patches.shape
     fold = np.eye(dim) + 0.1 * np.asarray(weight, np.float64)
@@ -48,7 +59,5 @@ def upsampled_logits(cls: np.ndarray, patches: np.ndarray, text_features: np.nda
     rank = reduced[0].shape[0]
     grid = np.stack(reduced).reshape(batch, rank, height, width).transpose(0, 2, 3, 1)
     features = upsample(np.ascontiguousarray(grid, np.float32))
-    out_h, out_w = features.shape[1:3]
     gba = np.float32(gba_lambda) * cls_logits(cls, text_features)
-    logits = cosine_head(features.reshape(batch, out_h * out_w, rank), np.stack(offsets), np.stack(reduced_text), gba)
-    return logits.reshape(batch, -1, out_h, out_w)
+    return head(features, np.stack(offsets), np.stack(reduced_text), gba)

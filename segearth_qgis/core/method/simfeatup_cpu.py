@@ -48,7 +48,7 @@ def _cubic_weights(t: np.ndarray) -> np.ndarray:
     return np.stack([far(t + 1), near(t), near(1 - t), far((1 - t) + 1)], axis=-1).astype(np.float32)
 
 
-def _bicubic_taps(out_len: int, in_len: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+def bicubic_taps(out_len: int, in_len: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Source indices (out_len, 4) and weights for torch's bicubic with ``align_corners=False``; ``scale`` = in/out."""
     src = np.float32(scale) * (np.arange(out_len, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
     floor = np.floor(src)
@@ -64,8 +64,8 @@ def bicubic_resize(array: np.ndarray, out_h: int, out_w: int, scale_h: float | N
     when torch is given a scale factor (as the reference's positional-embedding interpolation is).
     """
     in_h, in_w = array.shape[-3:-1]
-    rows, wy = _bicubic_taps(out_h, in_h, scale_h if scale_h is not None else in_h / out_h)
-    cols, wx = _bicubic_taps(out_w, in_w, scale_w if scale_w is not None else in_w / out_w)
+    rows, wy = bicubic_taps(out_h, in_h, scale_h if scale_h is not None else in_h / out_h)
+    cols, wx = bicubic_taps(out_w, in_w, scale_w if scale_w is not None else in_w / out_w)
     kernels = _numba_kernels()
     if kernels is not None and array.ndim == 4:
         array = np.ascontiguousarray(array, np.float32)
@@ -393,8 +393,8 @@ def bicubic_resize_padded(array: np.ndarray, out_h: int, out_w: int, radius: int
     """``bicubic_resize`` written straight into the interior of a reflect-padded (N, H+2r, W+2r, C) array (one pass
     over the largest tensor fewer than resizing, then padding)."""
     in_h, in_w = array.shape[1:3]
-    rows, wy = _bicubic_taps(out_h, in_h, in_h / out_h)
-    cols, wx = _bicubic_taps(out_w, in_w, in_w / out_w)
+    rows, wy = bicubic_taps(out_h, in_h, in_h / out_h)
+    cols, wx = bicubic_taps(out_w, in_w, in_w / out_w)
     kernels = _numba_kernels()
     array = np.ascontiguousarray(array, np.float32)
     horizontal = np.empty((*array.shape[:2], out_w, array.shape[3]), np.float32)

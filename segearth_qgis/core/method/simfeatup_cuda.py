@@ -1,17 +1,22 @@
-"""SimFeatUp's 11x11 adaptive convolution as one fused CUDA kernel (numba's CUDA target): each output reads its
-neighbourhood once, where torch runs it as 121 whole-tensor multiply-adds that each read and write the full tensor.
+"""SimFeatUp on the GPU as fused CUDA kernels (numba's CUDA target): the 11x11 adaptive convolution reads each
+output's neighbourhood once, where torch and onnxruntime run it as 121 whole-tensor multiply-adds that each read and
+write the full tensor; bicubic x2 writes straight into the reflect-padded buffer; the head runs beside the features.
 
-numba compiles the kernel at run time through NVVM, on torch's CUDA tensors through ``__cuda_array_interface__`` (no
-copies) and on torch's current stream. Where numba or its CUDA target cannot run, ``cuda_problem`` says why and the
-torch backend keeps the 121 slices (``simfeatup.adaptive_conv``), which the runtime line reports.
+numba compiles the kernels at run time through NVVM. The torch backend passes its CUDA tensors through
+``__cuda_array_interface__`` (no copies) on torch's current stream; the ONNX backend keeps the bundle's kernel graph
+outputs on the device and runs the stages and the head here, so only the Q logit channels come back to the host.
+Where numba or its CUDA target cannot run, ``cuda_problem`` says why and the backends keep their graphs or slices,
+which the runtime line reports.
 """
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     import torch
 
-from .simfeatup_cpu import DIAMETER
+from .simfeatup_cpu import DIAMETER, RADIUS, bicubic_taps
 
 BLOCK = (32, 8, 1)  # threads per block: 32 columns (one warp reads a row segment coalesced) by 8 rows
 _STATE = {}
@@ -35,8 +40,7 @@ def launch_adaptive_conv(padded: Any, kernel: Any, out: Any, stream: Any = 0) ->
     from .simfeatup_cuda_kernel import adaptive_conv
 
     batch, channels, height, width = out.shape
-    grid = (-(-width // BLOCK[0]), -(-height // BLOCK[1]), batch * channels)
-    adaptive_conv[grid, BLOCK, stream](padded, kernel, out)
+    adaptive_conv[_blocks(width, height, batch * channels), BLOCK, stream](padded, kernel, out)
 
 
 def fused_adaptive_conv(padded: "torch.Tensor", kernel: "torch.Tensor") -> "torch.Tensor":
@@ -53,3 +57,53 @@ def fused_adaptive_conv(padded: "torch.Tensor", kernel: "torch.Tensor") -> "torc
     stream = cuda.external_stream(torch.cuda.current_stream(padded.device).cuda_stream)
     launch_adaptive_conv(cuda.as_cuda_array(padded), cuda.as_cuda_array(kernel), cuda.as_cuda_array(out), stream)
     return out.to(padded.dtype)
+
+
+def _blocks(width: int, height: int, planes: int) -> tuple[int, int, int]:
+    return -(-width // BLOCK[0]), -(-height // BLOCK[1]), planes
+
+
+def upsample_on_device(grid: np.ndarray, kernels: list[Any], stream: Any = 0) -> Any:
+    """SimFeatUp's four stages on the device: channels-last host features (N, h, w, r) and the stages' kernels as
+    device arrays (N, d*d, 2^k h, 2^k w) to planar device features (N, r, 16h, 16w)."""
+    from numba import cuda
+
+    from .simfeatup_cuda_kernel import adaptive_conv, bicubic_padded
+
+    x = cuda.to_device(np.ascontiguousarray(grid.transpose(0, 3, 1, 2), np.float32), stream=stream)
+    batch, rank = x.shape[:2]
+    for kernel in kernels:
+        (in_h, in_w), (height, width) = x.shape[2:], kernel.shape[2:]
+        rows, row_weights = bicubic_taps(height, in_h, in_h / height)
+        cols, col_weights = bicubic_taps(width, in_w, in_w / width)
+        taps = [cuda.to_device(np.ascontiguousarray(a), stream=stream) for a in (rows, row_weights, cols, col_weights)]
+        padded = cuda.device_array((batch, rank, height + 2 * RADIUS, width + 2 * RADIUS), np.float32, stream=stream)
+        bicubic_padded[_blocks(width + 2 * RADIUS, height + 2 * RADIUS, batch * rank), BLOCK, stream](
+            x, *taps, RADIUS, padded)
+        x = cuda.device_array((batch, rank, height, width), np.float32, stream=stream)
+        adaptive_conv[_blocks(width, height, batch * rank), BLOCK, stream](padded, kernel, x)
+    return x
+
+
+def head_on_device(features: Any, offsets: np.ndarray, text: np.ndarray, gba: np.ndarray,
+                   stream: Any = 0) -> np.ndarray:
+    """GBA cosine logits (N, Q, H, W) on the host from planar device features (N, r, H, W); only they are copied."""
+    from numba import cuda
+
+    from .simfeatup_cuda_kernel import cosine_head
+
+    batch, rank, height, width = features.shape
+    flat = features.reshape(batch, rank, height * width)
+    arrays = [cuda.to_device(np.ascontiguousarray(a, np.float32), stream=stream) for a in (offsets, text, gba)]
+    out = cuda.device_array((batch, text.shape[1], height * width), np.float32, stream=stream)
+    cosine_head[(-(-height * width // 128), batch), (128, 1), stream](flat, *arrays, out)
+    return out.copy_to_host(stream=stream).reshape(batch, text.shape[1], height, width)
+
+
+def ort_device_array(value: Any) -> Any:
+    """An onnxruntime OrtValue on the GPU as a numba device array over the same memory (kept alive by it)."""
+    from numba import cuda
+
+    interface = {"shape": tuple(value.shape()), "strides": None, "typestr": "<f4",
+                 "data": (value.data_ptr(), False), "version": 3}
+    return cuda.from_cuda_array_interface(interface, owner=value, sync=False)

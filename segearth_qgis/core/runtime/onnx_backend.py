@@ -1,8 +1,10 @@
 """The onnxruntime backend: runs a bundle's graphs with numpy around them, no torch needed.
 
-On CUDA, and on CPUs without numba, SimFeatUp runs as the bundle's two graphs (guidance -> kernels, features +
-kernels -> upsampled). On a CPU with numba its per-pixel 121-neighbour loops run compiled (``simfeatup_cpu``), since
-onnxruntime executes them as 121 memory-bound whole-tensor slices, 10-20x slower.
+On a CPU with numba SimFeatUp's per-pixel 121-neighbour loops run compiled (``simfeatup_cpu``), since onnxruntime
+executes them as 121 memory-bound whole-tensor slices, 10-20x slower. On CUDA the bundle's kernel graph leaves its
+outputs on the device, where numba's CUDA target runs the stages and the head (``simfeatup_cuda``); where it cannot,
+and on CPUs without numba, SimFeatUp runs as the bundle's two graphs (guidance -> kernels, features + kernels ->
+upsampled).
 """
 
 import threading
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..method import simfeatup_cpu
+from ..method import simfeatup_cpu, simfeatup_cuda
 from ..method.head import patch_grid_logits, upsampled_logits
 from ..method.tokenizer import ClipTokenizer
 from . import bundle as bundle_files
@@ -39,6 +41,8 @@ class OnnxModel:
         self.encoder = SESSIONS.get(folder / bundle_files.VISUAL, self.device)
         self.text_encoder = SESSIONS.get(folder / bundle_files.TEXT, self.device)
         self.compiled_upsampler = self.device == "cpu" and use_numba and simfeatup_cpu.numba_available()
+        device_problem = simfeatup_cuda.cuda_problem() if self.device == "cuda" and self.has_upsampler else None
+        self.device_upsampler = self.device == "cuda" and self.has_upsampler and device_problem is None
         if self.has_upsampler:
             with np.load(folder / bundle_files.WEIGHTS) as weights:
                 self.upsampler_weights = dict(weights)
@@ -46,7 +50,8 @@ class OnnxModel:
                 self.fixup = SESSIONS.get(folder / bundle_files.FIXUP, self.device)
             else:
                 self.kernels = SESSIONS.get(folder / bundle_files.KERNELS, self.device)
-                self.apply = SESSIONS.get(folder / bundle_files.APPLY, self.device)
+                if not self.device_upsampler:
+                    self.apply = SESSIONS.get(folder / bundle_files.APPLY, self.device)
         positions = np.load(folder / bundle_files.POSITIONS)
         self.native_grid = int(round((positions.shape[0] - 1) ** 0.5))
         self.positions = positions
@@ -55,6 +60,10 @@ class OnnxModel:
         providers = self.encoder.get_providers()
         if self.has_upsampler and self.compiled_upsampler:
             providers = [*providers, "numba (SimFeatUp per-pixel loops)"]
+        if self.device_upsampler:
+            providers = [*providers, "numba-cuda (SimFeatUp stages and head on the device)"]
+        elif device_problem:
+            note = "; ".join(filter(None, [note, f"SimFeatUp in the bundle's graphs: {device_problem}"]))
         self.runtime = RuntimeReport("onnx", self.device, providers, f"onnxruntime {onnxruntime.__version__}", note)
         LOG.info("model %s: %s", folder.name, self.runtime)
 
@@ -85,10 +94,25 @@ class OnnxModel:
         if self.compiled_upsampler:
             kernels = simfeatup_cpu.stage_kernels(windows, weights, self._correct)
             upsample = lambda grid: simfeatup_cpu.apply_stage_kernels(grid, kernels)  # noqa: E731
+        elif self.device_upsampler:
+            on_device = self._kernels_on_device(windows)  # OrtValues, alive while their numba views are used
+            upsample = lambda grid: simfeatup_cuda.upsample_on_device(  # noqa: E731
+                grid, [simfeatup_cuda.ort_device_array(value) for value in on_device])
+            return upsampled_logits(cls, patches, text_features, gba_lambda, weights["projection_w"],
+                                    weights["projection_b"], upsample, simfeatup_cuda.head_on_device)
         else:
             upsample = lambda grid: self._apply_graphs(grid, windows)  # noqa: E731
         return upsampled_logits(cls, patches, text_features, gba_lambda, weights["projection_w"],
                                 weights["projection_b"], upsample)
+
+    def _kernels_on_device(self, windows: np.ndarray) -> list:
+        """The four stages' kernels of the whole batch from the bundle's kernel graph, left on the GPU."""
+        binding = self.kernels.io_binding()
+        binding.bind_cpu_input("x", windows)
+        for output in self.kernels.get_outputs():
+            binding.bind_output(output.name, self.device)
+        self.kernels.run_with_iobinding(binding)
+        return binding.get_outputs()
 
     def _correct(self, combined: np.ndarray, guidance: np.ndarray) -> np.ndarray:
         return self.fixup.run(None, {"combined": combined, "guidance": guidance})[0]
