@@ -250,9 +250,7 @@ def stages(arch="ViT-B-16", batch=4, runs=3, log=print):
 
 def parity(arch="ViT-B-16", size=448, log=print):
     """ONNX and torch on CUDA against ONNX on the CPU, on one seeded model: logits, labels and text features; also
-    what TF32 and an fp16 encoder would change (neither is used by the backends)."""
-    import torch
-
+    PRECISION=fp16 (the torch backend under autocast) and what TF32 would change (never used)."""
     from segearth_qgis.core.method.segment import segment_image
     from segearth_qgis.core.method.vocabulary import Vocabulary
     from segearth_qgis.core.runtime import sessions as runtime
@@ -283,15 +281,9 @@ def parity(arch="ViT-B-16", size=448, log=print):
         torch_cuda, torch_runtime = _load(folder, "torch", "cuda")
         compare("torch cuda", (torch_cuda, torch_runtime))
         compare("torch cpu", _load(folder, "torch", "cpu"))
-        plain = torch_cuda.encode_windows
-
-        def half_encoder(x, pos_grid=None):
-            with torch.autocast("cuda", dtype=torch.float16):
-                return plain(x, pos_grid)
-
-        torch_cuda.encode_windows = half_encoder
-        compare("torch cuda, fp16 encoder", (torch_cuda, torch_runtime))
-        torch_cuda.encode_windows = plain
+        torch_cuda.precision = "fp16"  # what load_bundle(..., precision="fp16") sets
+        compare("torch cuda, PRECISION=fp16", (torch_cuda, f"{torch_runtime} in fp16"))
+        torch_cuda.precision = "fp32"
         runtime.CUDA_PROVIDER_OPTIONS["use_tf32"] = "1"
         runtime.SESSIONS.release(folder)
         try:
