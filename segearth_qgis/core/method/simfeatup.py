@@ -6,6 +6,7 @@ is computed as 121 shifted multiply-accumulates instead of an unfold, which woul
 
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -118,6 +119,18 @@ class JBUOne(nn.Module):
         """The outer 1x1 projection's weight (D, D) and bias (D,): output = S16 + 0.1 * (W S16 + b)."""
         conv = self.fixup_proj[1]
         return conv.weight[:, :, 0, 0], conv.bias
+
+
+def weights_from_upsampler(upsampler: JBUOne) -> dict[str, np.ndarray]:
+    """The JBUOne parameters the CPU path needs beside the graphs, as float32 arrays (``simfeatup_weights.npz``)."""
+    stage = upsampler.up
+    arrays = {
+        "range_temp": stage.range_temp, "sigma_spatial": stage.sigma_spatial,
+        "range_w0": stage.range_proj[0].weight[:, :, 0, 0], "range_b0": stage.range_proj[0].bias,
+        "range_w1": stage.range_proj[3].weight[:, :, 0, 0], "range_b1": stage.range_proj[3].bias,
+        "projection_w": upsampler.fixup_proj[1].weight[:, :, 0, 0], "projection_b": upsampler.fixup_proj[1].bias,
+    }
+    return {name: value.detach().cpu().float().numpy() for name, value in arrays.items()}
 
 
 def apply_stage_kernels(source: torch.Tensor, kernels: list[torch.Tensor], radius: int = 5) -> torch.Tensor:

@@ -12,12 +12,8 @@ import math
 import os
 from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .simfeatup import JBUOne
 
 _CUBIC_A = -0.75  # torch's bicubic (Keys, a = -0.75)
 # channel dot products may be summed in SIMD lanes (reassociated) and fused: float rounding only, as torch's own
@@ -412,18 +408,6 @@ def apply_stage_kernels(features: np.ndarray, kernels: list[np.ndarray], radius:
         height, width = kernel.shape[1:3]
         x = adaptive_conv_channels_last(bicubic_resize_padded(x, height, width, radius), kernel)
     return x
-
-
-def weights_from_upsampler(upsampler: "JBUOne") -> dict[str, np.ndarray]:
-    """The JBUOne parameters the CPU path needs beside the graphs, as float32 arrays (``simfeatup_weights.npz``)."""
-    stage = upsampler.up
-    arrays = {
-        "range_temp": stage.range_temp, "sigma_spatial": stage.sigma_spatial,
-        "range_w0": stage.range_proj[0].weight[:, :, 0, 0], "range_b0": stage.range_proj[0].bias,
-        "range_w1": stage.range_proj[3].weight[:, :, 0, 0], "range_b1": stage.range_proj[3].bias,
-        "projection_w": upsampler.fixup_proj[1].weight[:, :, 0, 0], "projection_b": upsampler.fixup_proj[1].bias,
-    }
-    return {name: value.detach().cpu().float().numpy() for name, value in arrays.items()}
 
 
 def _spatial_kernel(sigma: np.ndarray, diameter: int) -> np.ndarray:

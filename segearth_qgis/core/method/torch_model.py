@@ -22,7 +22,7 @@ from ..common.choices import ATTENTIONS
 from . import simfeatup_cpu
 from .checkpoints import load_state_dict
 from .head import patch_grid_logits, upsampled_logits
-from .simfeatup import JBUOne, apply_stage_kernels, load_simfeatup
+from .simfeatup import JBUOne, apply_stage_kernels, load_simfeatup, weights_from_upsampler
 
 # The reference's SegDataPreProcessor constants (CLIP's mean and std times 255, as written in its config).
 REFERENCE_MEAN = (122.771, 116.746, 104.094)
@@ -215,7 +215,7 @@ class SegEarthModel(nn.Module):
 
     def _upsampler_weights(self) -> dict[str, np.ndarray]:
         if self._cpu_weights is None:
-            self._cpu_weights = simfeatup_cpu.weights_from_upsampler(self.upsampler)
+            self._cpu_weights = weights_from_upsampler(self.upsampler)
         return self._cpu_weights
 
     def _correct(self, combined: np.ndarray, guidance: np.ndarray) -> np.ndarray:

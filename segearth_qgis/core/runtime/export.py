@@ -25,8 +25,7 @@ from ..common import signals
 from ..common.choices import MODALITIES
 from ..common.failures import ActionableError
 from ..common.feedback import Feedback, as_feedback
-from ..method.simfeatup import apply_stage_kernels
-from ..method.simfeatup_cpu import weights_from_upsampler
+from ..method.simfeatup import apply_stage_kernels, weights_from_upsampler
 from ..method.torch_model import REFERENCE_MEAN, REFERENCE_STD, SegEarthModel, load_model_from_checkpoints, model_config
 from . import bundle as bundle_files
 from .sessions import SESSIONS

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from segearth_qgis.core.method import simfeatup_cpu
-from segearth_qgis.core.method.simfeatup import JBUOne, apply_stage_kernels
+from segearth_qgis.core.method.simfeatup import JBUOne, apply_stage_kernels, weights_from_upsampler
 
 
 @pytest.mark.parametrize("src,dst", [((7, 9), (14, 18)), ((14, 14), (28, 28)), ((3, 5), (6, 10))])
@@ -80,7 +80,7 @@ def test_compiled_stage_kernels_equal_torch():
         with torch.no_grad():
             return ups.up.corrected_kernel_channels_last(torch.from_numpy(combined), torch.from_numpy(guidance)).numpy()
 
-    ours = simfeatup_cpu.stage_kernels(image.numpy(), simfeatup_cpu.weights_from_upsampler(ups), correct)
+    ours = simfeatup_cpu.stage_kernels(image.numpy(), weights_from_upsampler(ups), correct)
     for k, (a, b) in enumerate(zip(ours, expected, strict=True)):
         assert a.shape == (2, 12 * 2 ** k, 8 * 2 ** k, 121)
         # float32 sums and exp in another order: one element in 1.5 M differs by 2.3e-6 on some CPUs (2 vCPU here)
