@@ -174,14 +174,6 @@ def _compile_resample_rows(numba: ModuleType) -> Callable:
 def _compile_range_keys(numba: ModuleType) -> Callable:
     """The range kernel's keys (1x1 conv, exact GELU, 1x1 conv) of the reflect-padded guidance, planar."""
 
-    @numba.njit(inline="always")
-    def _reflect(index: int, size: int) -> int:
-        if index < 0:
-            return -index
-        if index >= size:
-            return 2 * (size - 1) - index
-        return index
-
     @numba.njit(parallel=True, cache=True, fastmath={"contract"})
     def range_keys(guidance: np.ndarray, w0: np.ndarray, b0: np.ndarray, w1: np.ndarray, b1: np.ndarray,
                    out: np.ndarray) -> None:
@@ -190,12 +182,14 @@ def _compile_range_keys(numba: ModuleType) -> Callable:
         batch, height, width, _ = guidance.shape
         dim, padded_h, padded_w = out.shape[1:]
         columns = np.empty(padded_w, np.int64)
-        for x in range(padded_w):
-            columns[x] = _reflect(x - RADIUS, width)
+        for x in range(padded_w):  # reflect without repeating the edge, as np.pad(mode="reflect")
+            source = abs(x - RADIUS)
+            columns[x] = source if source < width else 2 * (width - 1) - source
         for row in numba.prange(batch * padded_h):
             n = row // padded_h
             y = row % padded_h
-            line = guidance[n, _reflect(y - RADIUS, height)]
+            source = abs(y - RADIUS)
+            line = guidance[n, source if source < height else 2 * (height - 1) - source]
             hidden = np.empty((dim, padded_w), np.float32)
             for o in range(dim):
                 h = hidden[o]
@@ -221,28 +215,6 @@ def _compile_range_kernel(numba: ModuleType) -> Callable:
     """A stage's filter before its learned correction: the range kernel's dot products, softmax and the spatial
     kernel, per pixel over its neighbours, vectorised along an image row (planar keys, no horizontal sums)."""
 
-    @numba.njit(inline="always", fastmath={"contract"})
-    def _exp_shifted(line: np.ndarray, shift: np.ndarray, powers: np.ndarray, scale: np.ndarray) -> None:
-        """line[j] = exp(line[j] - shift[j]) for arguments <= 0: Cephes' expf (EXP_POLYNOMIAL), 2^k through the
-        float bits in ``powers`` (``scale`` is its float32 view); underflow gives 0, NaN stays NaN."""
-        for j in range(line.shape[0]):
-            argument = line[j] - shift[j]
-            x = max(argument, np.float32(EXP_MIN))
-            k = np.floor(x * np.float32(LOG2E) + np.float32(0.5))
-            r = x - k * np.float32(EXP_C1)
-            r = r - k * np.float32(EXP_C2)
-            p = np.float32(EXP_POLYNOMIAL[0])
-            p = p * r + np.float32(EXP_POLYNOMIAL[1])
-            p = p * r + np.float32(EXP_POLYNOMIAL[2])
-            p = p * r + np.float32(EXP_POLYNOMIAL[3])
-            p = p * r + np.float32(EXP_POLYNOMIAL[4])
-            p = p * r + np.float32(EXP_POLYNOMIAL[5])
-            powers[j] = (np.int32(k) + 127) << 23
-            value = (p * r * r + r + np.float32(1.0)) * scale[j]
-            if argument < np.float32(EXP_MIN):
-                value = np.float32(0.0)
-            line[j] = argument if argument != argument else value
-
     @numba.njit(parallel=True, cache=True, fastmath={"contract"})
     def range_kernel(keys: np.ndarray, temperature: np.float32, spatial: np.ndarray, out: np.ndarray) -> None:
         """Softmax over the neighbours of temperature * <key(neighbour), key(centre)>, times the spatial kernel,
@@ -262,21 +234,39 @@ def _compile_range_kernel(numba: ModuleType) -> Callable:
                     dots[:] = 0.0
                     for c in range(0, dim, 4):
                         for j in range(width):  # all reads from one array: one aliasing check, vectorised
-                            k = j + RADIUS
-                            dots[j] = (dots[j] + keys[n, c, i + a, j + b] * keys[n, c, i + RADIUS, k]
-                                       + keys[n, c + 1, i + a, j + b] * keys[n, c + 1, i + RADIUS, k]
-                                       + keys[n, c + 2, i + a, j + b] * keys[n, c + 2, i + RADIUS, k]
-                                       + keys[n, c + 3, i + a, j + b] * keys[n, c + 3, i + RADIUS, k])
+                            m = j + RADIUS
+                            dots[j] = (dots[j] + keys[n, c, i + a, j + b] * keys[n, c, i + RADIUS, m]
+                                       + keys[n, c + 1, i + a, j + b] * keys[n, c + 1, i + RADIUS, m]
+                                       + keys[n, c + 2, i + a, j + b] * keys[n, c + 2, i + RADIUS, m]
+                                       + keys[n, c + 3, i + a, j + b] * keys[n, c + 3, i + RADIUS, m])
                     for j in range(width):
-                        value = temperature * dots[j]
-                        dots[j] = value
-                        best[j] = value if value > best[j] else best[j]
+                        logit = temperature * dots[j]
+                        dots[j] = logit
+                        best[j] = logit if logit > best[j] else best[j]
             total = np.zeros(width, np.float32)
             powers = np.empty(width, np.int32)
             scale = powers.view(np.float32)
             for t in range(taps):
+                # exp(line - best) for arguments <= 0: Cephes' expf (EXP_POLYNOMIAL), 2^k through the float bits
+                # in ``powers`` (``scale`` is its float32 view); underflow gives 0, NaN stays NaN
                 line = logits[t]
-                _exp_shifted(line, best, powers, scale)
+                for j in range(width):
+                    argument = line[j] - best[j]
+                    x = max(argument, np.float32(EXP_MIN))
+                    k = np.floor(x * np.float32(LOG2E) + np.float32(0.5))
+                    r = x - k * np.float32(EXP_C1)
+                    r = r - k * np.float32(EXP_C2)
+                    p = np.float32(EXP_POLYNOMIAL[0])
+                    p = p * r + np.float32(EXP_POLYNOMIAL[1])
+                    p = p * r + np.float32(EXP_POLYNOMIAL[2])
+                    p = p * r + np.float32(EXP_POLYNOMIAL[3])
+                    p = p * r + np.float32(EXP_POLYNOMIAL[4])
+                    p = p * r + np.float32(EXP_POLYNOMIAL[5])
+                    powers[j] = (np.int32(k) + 127) << 23
+                    value = (p * r * r + r + np.float32(1.0)) * scale[j]
+                    if argument < np.float32(EXP_MIN):
+                        value = np.float32(0.0)
+                    line[j] = argument if argument != argument else value
                 for j in range(width):
                     total[j] += line[j]
             norm = np.zeros(width, np.float32)
