@@ -68,7 +68,7 @@ def upsample_on_device(grid: np.ndarray, kernels: list[Any], stream: Any = 0) ->
     device arrays (N, d*d, 2^k h, 2^k w) to planar device features (N, r, 16h, 16w)."""
     from numba import cuda
 
-    from .simfeatup_cuda_kernel import adaptive_conv, bicubic_padded
+    from .simfeatup_cuda_kernel import bicubic_padded
 
     x = cuda.to_device(np.ascontiguousarray(grid.transpose(0, 3, 1, 2), np.float32), stream=stream)
     batch, rank = x.shape[:2]
@@ -81,7 +81,7 @@ def upsample_on_device(grid: np.ndarray, kernels: list[Any], stream: Any = 0) ->
         bicubic_padded[_blocks(width + 2 * RADIUS, height + 2 * RADIUS, batch * rank), BLOCK, stream](
             x, *taps, RADIUS, padded)
         x = cuda.device_array((batch, rank, height, width), np.float32, stream=stream)
-        adaptive_conv[_blocks(width, height, batch * rank), BLOCK, stream](padded, kernel, x)
+        launch_adaptive_conv(padded, kernel, x, stream)
     return x
 
 
